@@ -1,0 +1,53 @@
+# reportgen — `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO := models/traffic_signs
+
+.DEFAULT_GOAL := help
+.PHONY: help setup report test test-fast lint format bench train-demo update-gold clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv and install reportgen (editable) with the dev tools
+	@echo "ready: $(BIN)/reportgen"
+
+report: $(STAMP) ## Build the demo model's report into reports/demo/
+	$(BIN)/reportgen build --model $(DEMO)/model.py:TrafficSignNet --out reports/demo
+	@echo "open reports/demo/report.html"
+
+test: $(STAMP) ## Run the whole test suite, slow end-to-end tests included
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP) ## Run the tests without the slow end-to-end ones
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP) ## ruff format check, ruff check and mypy
+	$(BIN)/ruff format --check reportgen tests models
+	$(BIN)/ruff check reportgen tests models
+	$(BIN)/mypy
+
+format: $(STAMP) ## Apply ruff formatting and fixes
+	$(BIN)/ruff format reportgen tests models
+	$(BIN)/ruff check --fix reportgen tests models
+
+bench: $(STAMP) ## Run the benchmarks (not part of the tests)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python benchmarks/run.py
+
+train-demo: $(STAMP) ## Retrain the demo model from scratch (about 10 minutes on 2 cores)
+	$(BIN)/python $(DEMO)/train.py
+
+update-gold: $(STAMP) ## Regenerate the gold HTML file used by tests/test_gold.py
+	REPORTGEN_UPDATE_GOLD=1 $(BIN)/python -m pytest -q tests/test_gold.py
+
+clean: ## Remove the virtual environment, reports and caches
+	rm -rf $(VENV) reports .pytest_cache .ruff_cache .mypy_cache

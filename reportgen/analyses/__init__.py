@@ -1,0 +1,1 @@
+"""Analyses: pure functions on one example (batched from outside by `reportgen.compute`)."""

@@ -1,0 +1,174 @@
+"""Settings: frozen dataclasses, profiles, TOML files and validation.
+
+Precedence, lowest first: built-in defaults, the profile's defaults, `[tool.reportgen]` in the
+working directory's pyproject.toml, `reportgen.toml` in the model's folder, the `--config` file,
+and command-line flags. The model folder convention fills `checkpoint`, `classes` and `images`
+from `checkpoint/`, `classes.txt` and `probe/` beside the model file when nothing else set them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reportgen.errors import UserError
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {"activation_images": 2, "channel_images": 6, "channels_across": 8},
+    "standard": {"activation_images": 4, "channel_images": 10, "channels_across": 16},
+    "full": {"activation_images": 0, "channel_images": 0, "channels_across": 0},
+}
+"""Per-profile defaults; 0 means "all"."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Maps images read in [0, 1] into the model's input space: (x * scale - mean) / std."""
+
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every effective setting of one build; recorded in the report."""
+
+    model: str
+    checkpoint: str
+    out: str = "reports/latest"
+    step: int | None = None
+    images: str | None = None
+    classes: str | None = None
+    input_shape: tuple[int, int, int] | None = None
+    profile: str = "standard"
+    seed: int = 0
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    apply_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    preprocess: Preprocess = Preprocess()
+    activation_images: int = 4  # probe images whose every channel is shown per layer (0: all)
+    channel_images: int = 10  # probe images shown for each channel across images (0: all)
+    channels_across: int = 16  # channels shown across images per layer (0: all)
+    rare_fraction: float = 0.05  # a filter firing on fewer probe images than this is "rare"
+    chunk_size: int = 32
+    size_budget_mb: float = 25.0
+    external_figures: bool = False  # link figures/*.png instead of embedding them
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def read_toml(path: Path, table: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The settings table of a TOML file (`table` is the key path, e.g. tool.reportgen)."""
+    try:
+        data: Any = tomllib.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise UserError(f"config file {path} does not exist") from e
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {path} is not valid TOML: {e}") from e
+    for key in table:
+        data = data.get(key, {}) if isinstance(data, dict) else {}
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise UserError(f"unknown setting {unknown[0]!r} in {path}; valid settings: {', '.join(sorted(FIELDS))}")
+    base = path.parent
+    for key in ("checkpoint", "images", "classes", "out"):
+        if isinstance(data.get(key), str):
+            data[key] = str(base / data[key])
+    if isinstance(data.get("model"), str) and ".py:" in data["model"]:
+        data["model"] = str(base / data["model"])
+    return dict(data)
+
+
+def _model_folder(model: str) -> Path | None:
+    file, sep, _ = model.rpartition(":")
+    return Path(file).parent if sep and file.endswith(".py") else None
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check and convert one raw setting value."""
+    if name == "input_shape" and value is not None:
+        if isinstance(value, str):
+            value = value.split(",")
+        try:
+            shape = tuple(int(v) for v in value)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"input_shape {value!r} is not H,W,C") from e
+        if len(shape) != 3 or min(shape) < 1:
+            raise UserError(f"input_shape {value!r} is not H,W,C with positive sizes")
+        return shape
+    if name == "preprocess":
+        if isinstance(value, Preprocess):
+            return value
+        if not isinstance(value, Mapping) or set(value) - {"scale", "mean", "std"}:
+            raise UserError("preprocess must be a table with scale, mean and std")
+        mean = value.get("mean", 0.0)
+        std = value.get("std", 1.0)
+        pre = Preprocess(
+            float(value.get("scale", 1.0)),
+            tuple(float(v) for v in (mean if isinstance(mean, list) else [mean])),
+            tuple(float(v) for v in (std if isinstance(std, list) else [std])),
+        )
+        if any(s == 0 for s in pre.std) or pre.scale == 0:
+            raise UserError("preprocess std and scale must be non-zero")
+        return pre
+    if name == "profile" and value not in PROFILES:
+        raise UserError(f"profile {value!r} is unknown; choose one of {', '.join(PROFILES)}")
+    if name in ("model_kwargs", "apply_kwargs"):
+        if not isinstance(value, Mapping):
+            raise UserError(f"{name} must be a table of keyword arguments")
+        return dict(value)
+    expected = {"activation_images": int, "channel_images": int, "channels_across": int, "chunk_size": int, "seed": int}
+    if name in expected and value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UserError(f"{name} must be a non-negative integer, not {value!r}")
+    if name == "chunk_size" and value == 0:
+        raise UserError("chunk_size must be at least 1")
+    if name in ("rare_fraction", "size_budget_mb"):
+        try:
+            value = float(value)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{name} must be a number, not {value!r}") from e
+        if not 0 <= value:
+            raise UserError(f"{name} must not be negative")
+    return value
+
+
+def resolve(flags: Mapping[str, Any], config_file: str | None = None, cwd: Path | None = None) -> Settings:
+    """Merge every source of settings and validate them; raises UserError."""
+    cwd = cwd or Path.cwd()
+    raw: dict[str, Any] = {}
+    pyproject = cwd / "pyproject.toml"
+    if pyproject.is_file():
+        raw.update(read_toml(pyproject, ("tool", "reportgen")))
+    model = flags.get("model") or raw.get("model")
+    folder = _model_folder(model) if model else None
+    if folder is not None and (folder / "reportgen.toml").is_file():
+        raw.update(read_toml(folder / "reportgen.toml"))
+    if config_file:
+        raw.update(read_toml(Path(config_file)))
+    raw.update({k: v for k, v in flags.items() if v is not None})
+    model = raw.get("model")
+    if not model:
+        raise UserError("no model given; pass --model path/to/file.py:NAME")
+    folder = _model_folder(model)
+    if folder is not None:
+        for key, name in (("checkpoint", "checkpoint"), ("classes", "classes.txt"), ("images", "probe")):
+            if raw.get(key) is None and (folder / name).exists():
+                raw[key] = str(folder / name)
+    if not raw.get("checkpoint"):
+        raise UserError("no checkpoint given; pass --checkpoint DIR (an orbax checkpoint)")
+    profile = _coerce("profile", raw.get("profile", "standard"))
+    values = {**PROFILES[profile], **raw, "profile": profile}
+    return Settings(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def as_dict(settings: Settings) -> dict[str, Any]:
+    """Plain JSON-ready view of the settings."""
+    out = dataclasses.asdict(settings)
+    out["preprocess"] = dataclasses.asdict(settings.preprocess)
+    return out

@@ -1,0 +1,162 @@
+"""numpy arrays -> PNG bytes: image grids, activation maps, filter grids and matplotlib charts.
+
+Deterministic output: Pillow writes no timestamps, matplotlib gets no Software metadata, and
+charts are drawn on standalone `Figure` objects (no pyplot global state) with mathtext parsing
+off, so user text such as `$x$` in a class name is drawn literally.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+from matplotlib import colormaps  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
+
+CHART_RC = {"text.parse_math": False, "font.size": 9, "axes.titlesize": 10, "svg.hashsalt": "reportgen"}
+
+
+def png(rgb: np.ndarray) -> bytes:
+    """Encode an (H, W, 3) float image in [0, 1] or uint8 image as PNG."""
+    if rgb.dtype != np.uint8:
+        rgb = (np.clip(np.nan_to_num(rgb), 0, 1) * 255 + 0.5).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=9)
+    return buffer.getvalue()
+
+
+def to_rgb(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) with C in {1, 3} -> (N, H, W, 3)."""
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images[..., :3]
+
+
+def grid(tiles: np.ndarray, columns: int, zoom: int = 1, gap: int = 1, background: float = 1.0) -> np.ndarray:
+    """Arrange (N, h, w, 3) tiles row by row, each enlarged `zoom` times, with `gap` pixels between."""
+    n, h, w, _ = tiles.shape
+    if zoom > 1:
+        tiles = tiles.repeat(zoom, axis=1).repeat(zoom, axis=2)
+        h, w = h * zoom, w * zoom
+    columns = max(1, min(columns, n))
+    rows = -(-n // columns)
+    canvas = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap, 3), background, np.float32)
+    for i in range(n):
+        r, c = divmod(i, columns)
+        canvas[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = tiles[i]
+    return canvas
+
+
+def zoom_for(side: int, target: int = 64) -> int:
+    """An integer enlargement that brings a side of `side` pixels near `target`."""
+    return max(1, round(target / max(side, 1)))
+
+
+def colorize(maps: np.ndarray, cmap: str = "viridis") -> np.ndarray:
+    """(N, h, w) maps -> (N, h, w, 3), each scaled to its own maximum (0 stays the darkest colour)."""
+    maps = np.nan_to_num(maps.astype(np.float32))
+    low = np.minimum(maps.min(axis=(1, 2), keepdims=True), 0)
+    high = maps.max(axis=(1, 2), keepdims=True)
+    scaled = (maps - low) / np.where(high > low, high - low, 1)
+    return colormaps[cmap](scaled)[..., :3].astype(np.float32)
+
+
+def channel_grid(activation: np.ndarray, columns: int = 16) -> bytes:
+    """All channels of one example's (h, w, C) activation as a grid of heatmaps."""
+    maps = np.moveaxis(activation, -1, 0)
+    return png(grid(colorize(maps), columns, zoom_for(maps.shape[1], 48)))
+
+
+def channel_across_images(activations: np.ndarray, images: np.ndarray, channels: Sequence[int]) -> bytes:
+    """Rows: the probe images, then each chosen channel's map on each image (N, h, w, C)."""
+    n, h, w, _ = activations.shape
+    zoom = zoom_for(h, 48)
+    first = _resize_nearest(to_rgb(images), h * zoom, w * zoom)
+    rows = [first] + [colorize(activations[..., c]).repeat(zoom, axis=1).repeat(zoom, axis=2) for c in channels]
+    return png(grid(np.concatenate(rows), n, 1))
+
+
+def _resize_nearest(images: np.ndarray, h: int, w: int) -> np.ndarray:
+    ys = (np.arange(h) * images.shape[1] / h).astype(int)
+    xs = (np.arange(w) * images.shape[2] / w).astype(int)
+    return images[:, ys][:, :, xs]
+
+
+def filter_grid(kernel: np.ndarray, columns: int = 16) -> bytes:
+    """Convolution filters (kh, kw, C_in, F): in colour when C_in is 3, else the per-filter mean
+    over input channels on a diverging scale (blue negative, red positive)."""
+    kh, kw, cin, _ = kernel.shape
+    filters = np.moveaxis(kernel, -1, 0)
+    if cin == 3:
+        low = filters.min(axis=(1, 2, 3), keepdims=True)
+        high = filters.max(axis=(1, 2, 3), keepdims=True)
+        tiles = (filters - low) / np.where(high > low, high - low, 1)
+    else:
+        mean = filters.mean(axis=-1)
+        bound = np.abs(mean).max(axis=(1, 2), keepdims=True)
+        tiles = colormaps["RdBu_r"](0.5 + 0.5 * mean / np.where(bound > 0, bound, 1))[..., :3]
+    return png(grid(tiles.astype(np.float32), columns, zoom_for(kh, 40), gap=2))
+
+
+def image_row(images: np.ndarray, columns: int = 12, zoom: int = 3) -> bytes:
+    """Probe images as a grid."""
+    return png(grid(to_rgb(images), columns, zoom, gap=2))
+
+
+def thumbnail(image: np.ndarray, zoom: int = 3) -> bytes:
+    """One probe image enlarged."""
+    return png(grid(to_rgb(image[None]), 1, zoom, gap=0))
+
+
+def _save(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def statistics_chart(mean: np.ndarray, firing: np.ndarray, maximum: np.ndarray) -> bytes:
+    """Histograms of per-filter mean activation and firing fraction, and the max per filter."""
+    with matplotlib.rc_context(CHART_RC):
+        fig = Figure(figsize=(9, 2.4), layout="constrained")
+        left, middle, right = fig.subplots(1, 3)
+        left.hist(mean, bins=30, color="#4063a8")
+        left.set(title="Mean activation per filter", xlabel="mean activation", ylabel="filters")
+        middle.hist(firing, bins=np.linspace(0, 1, 21), color="#d08a2e")
+        middle.set(title="Fraction of probe images where it fires", xlabel="fraction", ylabel="filters")
+        right.bar(np.arange(len(maximum)), maximum, width=1.0, color="#3c8d5a")
+        right.set(title="Maximum activation per filter", xlabel="filter", ylabel="max")
+        return _save(fig)
+
+
+def confusion_chart(confusion: np.ndarray) -> bytes:
+    """Confusion matrix, rows true class, columns predicted class (by class index)."""
+    k = confusion.shape[0]
+    with matplotlib.rc_context(CHART_RC):
+        side = min(9.0, 2.5 + k * 0.14)
+        fig = Figure(figsize=(side, side * 0.9), layout="constrained")
+        ax = fig.subplots()
+        shown = np.where(confusion > 0, confusion, np.nan)
+        image = ax.imshow(shown, cmap="Blues", vmin=0, interpolation="nearest")
+        ax.set(xlabel="predicted class", ylabel="true class", title="Confusion matrix (probe images)")
+        step = max(1, k // 15)
+        ax.set_xticks(range(0, k, step))
+        ax.set_yticks(range(0, k, step))
+        for t, p in zip(*np.nonzero((confusion > 0) & ~np.eye(k, dtype=bool)), strict=True):
+            ax.add_patch(matplotlib.patches.Rectangle((p - 0.5, t - 0.5), 1, 1, fill=False, edgecolor="#c0392b", lw=1.2))
+        fig.colorbar(image, ax=ax, shrink=0.8, label="images")
+        return _save(fig)
+
+
+def filter_norm_chart(kernel: np.ndarray) -> bytes:
+    """L2 norm of each filter's weights."""
+    norms = np.sqrt((kernel.reshape(-1, kernel.shape[-1]) ** 2).sum(axis=0))
+    with matplotlib.rc_context(CHART_RC):
+        fig = Figure(figsize=(9, 1.8), layout="constrained")
+        ax = fig.subplots()
+        ax.bar(np.arange(len(norms)), norms, width=1.0, color="#6b5ea8")
+        ax.set(title="Weight norm per filter", xlabel="filter", ylabel="L2 norm")
+        return _save(fig)

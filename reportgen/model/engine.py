@@ -1,0 +1,173 @@
+"""Evaluate a model's flat computation with taps on its layers.
+
+An interpreter over the flattened jaxpr of `graph.py`. For one example it can return chosen layer
+outputs, add zero-valued probes to layer outputs (so that the gradient with respect to a probe is
+the gradient with respect to that activation), stop after the last equation the request needs,
+and swap the ReLU backward rule for guided backpropagation or deconvnet. Everything it does is
+ordinary JAX, so it composes with jit, vmap and grad.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+from reportgen.model.graph import Const, FlatJaxpr, Graph
+
+ReluRule = Literal["standard", "guided", "deconvnet"]
+
+
+@jax.custom_vjp
+def guided_relu(x: jax.Array) -> jax.Array:
+    """ReLU whose backward pass keeps only positive gradients at positive inputs.
+
+    Springenberg et al. 2014, "Striving for Simplicity: The All Convolutional Net".
+    """
+    return jnp.maximum(x, 0)
+
+
+def _guided_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.maximum(x, 0), x
+
+
+def _guided_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    return (jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g)),)
+
+
+guided_relu.defvjp(_guided_fwd, _guided_bwd)
+
+
+@jax.custom_vjp
+def deconvnet_relu(x: jax.Array) -> jax.Array:
+    """ReLU whose backward pass is a ReLU of the gradient, ignoring the input's sign.
+
+    Zeiler & Fergus 2014, "Visualizing and Understanding Convolutional Networks".
+    """
+    return jnp.maximum(x, 0)
+
+
+def _deconv_fwd(x: jax.Array) -> tuple[jax.Array, None]:
+    return jnp.maximum(x, 0), None
+
+
+def _deconv_bwd(_: None, g: jax.Array) -> tuple[jax.Array]:
+    return (jnp.maximum(g, 0),)
+
+
+deconvnet_relu.defvjp(_deconv_fwd, _deconv_bwd)
+
+_RELUS: dict[str, Callable[[jax.Array], jax.Array]] = {"guided": guided_relu, "deconvnet": deconvnet_relu}
+
+
+def _needed_eqns(flat: FlatJaxpr, targets: Sequence[int]) -> list[int]:
+    """Indices of the equations the targets depend on, in order (everything else is skipped)."""
+    needed = set(targets)
+    keep: list[int] = []
+    for i in range(len(flat.eqns) - 1, -1, -1):
+        eqn = flat.eqns[i]
+        if any(o in needed for o in eqn.outputs):
+            keep.append(i)
+            needed.update(v for v in eqn.inputs if isinstance(v, int))
+    return keep[::-1]
+
+
+def evaluate(
+    graph: Graph,
+    leaves: Sequence[jax.Array],
+    image: jax.Array,
+    targets: Sequence[int],
+    probes: Mapping[int, jax.Array] | None = None,
+    relu: ReluRule = "standard",
+) -> list[jax.Array]:
+    """Values of the target variables for one example, computing only what they need.
+
+    `probes` maps variable ids to arrays added to those variables as soon as they are computed.
+    """
+    flat = graph.flat
+    probes = probes or {}
+    env: dict[int, Any] = dict(zip(flat.inputs, [*leaves, image], strict=True))
+    for vid in flat.inputs:
+        if vid in probes:
+            env[vid] = env[vid] + probes[vid]
+    replacement = _RELUS.get(relu)
+    for i in _needed_eqns(flat, targets):
+        eqn = flat.eqns[i]
+        args = [v.value if isinstance(v, Const) else env[v] for v in eqn.inputs]
+        if replacement is not None and i in graph.relu_eqns:
+            x = next(a for v, a in zip(eqn.inputs, args, strict=True) if not isinstance(v, Const))
+            outs = [replacement(x)]
+        else:
+            subfuns, params = eqn.primitive.get_bind_params(eqn.params)
+            result = eqn.primitive.bind(*subfuns, *args, **params)
+            outs = list(result) if eqn.primitive.multiple_results else [result]
+        for vid, value in zip(eqn.outputs, outs, strict=True):
+            env[vid] = value + probes[vid] if vid in probes else value
+    return [env[t] for t in targets]
+
+
+class Engine:
+    """Per-example functions of a model with taps on its layers; all compose with jit/vmap/grad.
+
+    Layer values are returned without the batch axis: a conv layer gives (H, W, C).
+    """
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        (out,) = graph.flat.outputs
+        if not isinstance(out, int):
+            raise ValueError("the model output is a constant")
+        self._logits_var = out
+
+    def _vars(self, names: Sequence[str]) -> list[int]:
+        return [self.graph.layer(n).var for n in names]
+
+    def logits(self, variables: Any, image: jax.Array) -> jax.Array:
+        """Model output for one example, (K,)."""
+        (value,) = evaluate(self.graph, jax.tree.leaves(variables), image, [self._logits_var])
+        return value
+
+    def layer_outputs(self, variables: Any, image: jax.Array, names: Sequence[str]) -> dict[str, jax.Array]:
+        """Outputs of the named layers for one example; stops after the last one needed."""
+        values = evaluate(self.graph, jax.tree.leaves(variables), image, self._vars(names))
+        return {n: v[0] for n, v in zip(names, values, strict=True)}
+
+    def forward(self, variables: Any, image: jax.Array, names: Sequence[str]) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Logits and the named layers' outputs in one pass."""
+        targets = [self._logits_var, *self._vars(names)]
+        logits, *values = evaluate(self.graph, jax.tree.leaves(variables), image, targets)
+        return logits, {n: v[0] for n, v in zip(names, values, strict=True)}
+
+    def gradients(
+        self,
+        variables: Any,
+        image: jax.Array,
+        names: Sequence[str],
+        objective: Callable[[jax.Array | None, dict[str, jax.Array]], jax.Array],
+        relu: ReluRule = "standard",
+        needs_logits: bool = True,
+    ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array], jax.Array]:
+        """Value and gradients of a scalar objective of the logits and the named layer outputs.
+
+        Returns (objective value, layer outputs, gradient w.r.t. each named layer output,
+        gradient w.r.t. the image). With `needs_logits=False` the logits passed to the objective
+        are None and evaluation stops after the last named layer. `relu` swaps the ReLU backward
+        rule ("guided" or "deconvnet").
+        """
+        leaves = jax.tree.leaves(variables)
+        layer_vars = self._vars(names)
+        targets = ([self._logits_var] if needs_logits else []) + layer_vars
+        probe_shapes = {v: self.graph.flat.shapes[v] for v in layer_vars}
+
+        def run(probes: dict[int, jax.Array], x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+            values = evaluate(self.graph, leaves, x, targets, probes, relu)
+            logits = values[0] if needs_logits else None
+            outs = {n: v[0] for n, v in zip(names, values[-len(names) :] if names else [], strict=True)}
+            return objective(logits, outs), outs
+
+        zeros = {v: jnp.zeros(s, self.graph.flat.dtypes[v]) for v, s in probe_shapes.items()}
+        (value, outs), (probe_grads, image_grad) = jax.value_and_grad(run, argnums=(0, 1), has_aux=True)(zeros, image)
+        layer_grads = {n: probe_grads[v][0] for n, v in zip(names, layer_vars, strict=True)}
+        return value, outs, layer_grads, image_grad

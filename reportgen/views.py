@@ -1,0 +1,106 @@
+"""View models: the strings and small records the templates show (no arrays, no arithmetic)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A labelled value."""
+
+    label: str
+    value: str
+
+
+@dataclass(frozen=True)
+class FigureView:
+    """An image in the report: a data URI or a relative file path."""
+
+    src: str
+    alt: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class FindingView:
+    """One finding with a link to its section."""
+
+    severity: str
+    message: str
+    href: str
+
+
+@dataclass(frozen=True)
+class ArchitectureRow:
+    """One row of the architecture table."""
+
+    href: str
+    name: str
+    kind: str
+    shape: str
+    params: str
+    flops: str
+    receptive_field: str
+
+
+@dataclass(frozen=True)
+class Guess:
+    """A class with its probability."""
+
+    name: str
+    probability: str
+
+
+@dataclass(frozen=True)
+class PredictionView:
+    """One probe image with its top classes."""
+
+    image: FigureView
+    name: str
+    label: str
+    verdict: str  # "correct", "wrong" or "" without a label
+    top: tuple[Guess, ...]
+
+
+@dataclass(frozen=True)
+class FilterRow:
+    """Statistics of one filter."""
+
+    index: str
+    mean: str
+    firing: str
+    maximum: str
+    status: str
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """One layer section."""
+
+    id: str
+    title: str
+    kind: str
+    facts: tuple[Fact, ...]
+    figures: tuple[FigureView, ...]
+    alerts: tuple[str, ...]
+    filters: tuple[FilterRow, ...]
+
+
+@dataclass(frozen=True)
+class ReportView:
+    """Everything the report template shows."""
+
+    title: str
+    csp: str
+    overview: tuple[Fact, ...]
+    findings: tuple[FindingView, ...]
+    architecture: tuple[ArchitectureRow, ...]
+    accuracy: str
+    predictions: tuple[PredictionView, ...]
+    confusion: FigureView | None
+    misclassified: tuple[PredictionView, ...]
+    layers: tuple[LayerView, ...]
+    provenance: tuple[Fact, ...]
+    timings: tuple[Fact, ...]
+    settings_json: str
