@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from reportgen import __version__
 from reportgen.config import PROFILES
 from reportgen.errors import UserError
+from reportgen.model.graph import Layer
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +66,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def layer_table(layers: Sequence[Layer]) -> str:
+    """The layers as a fixed-width text table."""
+    rows = [("layer", "kind", "output", "params", "FLOPs", "receptive field")]
+    for layer in layers:
+        rf = layer.receptive_field
+        rows.append(
+            (
+                layer.name,
+                layer.kind + (f"+{layer.activation}" if layer.activation else ""),
+                "x".join(map(str, layer.output_shape)),
+                f"{layer.params:,}",
+                f"{layer.flops:,}",
+                "whole input" if rf is None else f"{rf.size[0]}x{rf.size[1]} stride {rf.stride[0]}",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
 def _build(args: argparse.Namespace) -> int:
     from reportgen import config, report
     from reportgen.progress import Progress
@@ -84,6 +104,7 @@ def _build(args: argparse.Namespace) -> int:
     progress = Progress(quiet=args.quiet)
     result = report.build(settings, report.command_line(), progress)
     if not args.quiet:
+        print(layer_table(result.layers))
         for warning in result.warnings:
             sys.stderr.write(f"reportgen: warning: {warning}\n")
         counts = {s: sum(f.severity == s for f in result.findings) for s in ("error", "warning", "info")}

@@ -99,7 +99,7 @@ def filter_grid(kernel: np.ndarray, columns: int = 16) -> bytes:
         mean = filters.mean(axis=-1)
         bound = np.abs(mean).max(axis=(1, 2), keepdims=True)
         tiles = colormaps["RdBu_r"](0.5 + 0.5 * mean / np.where(bound > 0, bound, 1))[..., :3]
-    return png(grid(tiles.astype(np.float32), columns, zoom_for(kh, 40), gap=2))
+    return png(grid(tiles.astype(np.float32), columns, zoom_for(kh, 48), gap=2))
 
 
 def image_row(images: np.ndarray, columns: int = 12, zoom: int = 3) -> bytes:

@@ -21,7 +21,7 @@ class Finding:
     section: str  # HTML id of the section that shows it
 
 
-def layer_findings(name: str, section: str, stats: LayerStatistics, filters: int) -> list[Finding]:
+def layer_findings(name: str, section: str, stats: LayerStatistics, filters: int, unit: str = "filter") -> list[Finding]:
     """Dead and rarely firing filters, and non-finite outputs, of one layer."""
     found = []
     if stats.nonfinite_images:
@@ -33,7 +33,7 @@ def layer_findings(name: str, section: str, stats: LayerStatistics, filters: int
             Finding(
                 "warning",
                 "dead-filters",
-                f"{name}: {len(stats.dead)} of {filters} filters are dead (zero on every probe image): "
+                f"{name}: {len(stats.dead)} of {filters} {unit}s are dead (zero on every probe image): "
                 + _indices(stats.dead),
                 section,
             )
@@ -43,7 +43,7 @@ def layer_findings(name: str, section: str, stats: LayerStatistics, filters: int
             Finding(
                 "info",
                 "rare-filters",
-                f"{name}: {len(stats.rare)} of {filters} filters fire on few probe images: " + _indices(stats.rare),
+                f"{name}: {len(stats.rare)} of {filters} {unit}s fire on few probe images: " + _indices(stats.rare),
                 section,
             )
         )

@@ -64,6 +64,7 @@ class BuildResult:
     out: Path
     html_bytes: int
     figures: int
+    layers: tuple[Layer, ...]
     findings: tuple[Finding, ...]
     warnings: tuple[str, ...]
 
@@ -114,6 +115,11 @@ def receptive_text(layer: Layer, input_shape: tuple[int, ...]) -> str:
     size = f"{rf.size[0]}×{rf.size[1]}" if rf.size[0] != rf.size[1] else f"{rf.size[0]}×{rf.size[0]}"
     stride = f"{rf.stride[0]}" if rf.stride[0] == rf.stride[1] else f"{rf.stride[0]}×{rf.stride[1]}"
     return f"{size} px, stride {stride}"
+
+
+def unit_name(layer: Layer) -> str:
+    """What one output channel of a layer is called: a filter, or a unit of a dense layer."""
+    return "filter" if layer.is_spatial else "unit"
 
 
 def display_indices(labels: np.ndarray, count: int) -> np.ndarray:
@@ -210,13 +216,14 @@ def _layer_view(
     section = layer_id(index, layer)
     prefix = f"{index + 1:02d}-{slug(layer.name)}"
     channels = layer.output_shape[-1]
+    unit = unit_name(layer)
     facts = [
         Fact("Kind", layer.kind + (f" + {layer.activation}" if layer.activation else "")),
         Fact("Output shape", " × ".join(map(str, layer.output_shape))),
         Fact("Parameters", f"{layer.params:,}"),
         Fact("FLOPs per image", human(layer.flops)),
         Fact("Receptive field", receptive_text(layer, model.input_shape)),
-        Fact("Dead filters", f"{len(stats.dead)} of {channels}" if stats.nonnegative else "n/a (outputs can be negative)"),
+        Fact(f"Dead {unit}s", f"{len(stats.dead)} of {channels}" if stats.nonnegative else "n/a (outputs can be negative)"),
     ]
     figs: list[FigureView] = []
     kernel = _kernel(model, layer) if layer.kind == "conv" else None
@@ -255,10 +262,10 @@ def _layer_view(
     )
     alerts = []
     if stats.dead:
-        alerts.append(f"Dead filters (zero on every probe image): {', '.join(map(str, stats.dead))}")
+        alerts.append(f"Dead {unit}s (zero on every probe image): {', '.join(map(str, stats.dead))}")
     if stats.rare:
         alerts.append(
-            f"Rarely firing filters (on fewer than {settings.rare_fraction:.0%} of probe images): {', '.join(map(str, stats.rare))}"
+            f"Rarely firing {unit}s (on fewer than {settings.rare_fraction:.0%} of probe images): {', '.join(map(str, stats.rare))}"
         )
     if stats.nonfinite_images:
         alerts.append(f"NaN or infinite outputs on {stats.nonfinite_images} probe images")
@@ -338,7 +345,7 @@ def build(settings: Settings, command: str = "", progress: Progress | None = Non
     found: list[Finding] = input_findings(probe.warnings, int((~finite).sum()))
     found += prediction_findings(pred, probe.names, classes)
     for i, layer in enumerate(layers):
-        found += layer_findings(layer.name, layer_id(i, layer), layer_stats[layer.name], layer.output_shape[-1])
+        found += layer_findings(layer.name, layer_id(i, layer), layer_stats[layer.name], layer.output_shape[-1], unit_name(layer))
     found = ordered(found)
 
     store = FigureStore(settings.external_figures)
@@ -373,7 +380,7 @@ def build(settings: Settings, command: str = "", progress: Progress | None = Non
         )
     _write(out, html, data, store.files)
     progress.finish()
-    return BuildResult(out, len(html), len(store.files), tuple(found), tuple(warnings))
+    return BuildResult(out, len(html), len(store.files), layers, tuple(found), tuple(warnings))
 
 
 def report_data(

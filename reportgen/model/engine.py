@@ -74,6 +74,13 @@ def _needed_eqns(flat: FlatJaxpr, targets: Sequence[int]) -> list[int]:
     return keep[::-1]
 
 
+def _bind(primitive: Any, params: dict[str, Any], args: list[Any]) -> Any:
+    """Apply a primitive as `jax.core.eval_jaxpr` does (older JAX also returns sub-functions)."""
+    bound = primitive.get_bind_params(params)
+    subfuns, bind_params = bound if isinstance(bound, tuple) else ((), bound)
+    return primitive.bind(*subfuns, *args, **bind_params)
+
+
 def evaluate(
     graph: Graph,
     leaves: Sequence[jax.Array],
@@ -100,8 +107,7 @@ def evaluate(
             x = next(a for v, a in zip(eqn.inputs, args, strict=True) if not isinstance(v, Const))
             outs = [replacement(x)]
         else:
-            subfuns, params = eqn.primitive.get_bind_params(eqn.params)
-            result = eqn.primitive.bind(*subfuns, *args, **params)
+            result = _bind(eqn.primitive, eqn.params, args)
             outs = list(result) if eqn.primitive.multiple_results else [result]
         for vid, value in zip(eqn.outputs, outs, strict=True):
             env[vid] = value + probes[vid] if vid in probes else value

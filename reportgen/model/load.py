@@ -97,10 +97,12 @@ def _import_file(path: Path) -> Any:
     if spec is None or spec.loader is None:
         raise UserError(f"cannot import {path} as Python")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses (Flax modules) look their module up here
     sys.path.insert(0, str(path.resolve().parent))
     try:
         spec.loader.exec_module(module)
     except Exception as e:
+        del sys.modules[module_name]
         raise UserError(f"importing {path} failed: {type(e).__name__}: {e}") from e
     finally:
         sys.path.remove(str(path.resolve().parent))
