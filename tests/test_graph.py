@@ -1,0 +1,70 @@
+"""Layer discovery: names, kinds, shapes, parameters, FLOPs and receptive fields."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import SPEC
+
+from reportgen.model.load import load_model
+
+
+def test_linen_layers_match_the_definition(linen_checkpoint: Path) -> None:
+    model = load_model(f"{SPEC}:TinyLinen", linen_checkpoint)
+    got = [(l.name, l.kind, l.output_shape, l.params) for l in model.graph.layers]
+    assert got == [
+        ("conv1", "conv", (8, 8, 8), 3 * 3 * 3 * 8 + 8),
+        ("ResidualBlock_0/Conv_0", "conv", (8, 8, 8), 3 * 3 * 8 * 8 + 8),
+        ("ResidualBlock_0/BatchNorm_0", "norm", (8, 8, 8), 4 * 8),  # scale, bias, mean, var
+        ("max_pool_0", "max_pool", (4, 4, 8), 0),
+        ("avg_pool_0", "avg_pool", (2, 2, 8), 0),
+        ("global_avg_pool_0", "global_avg_pool", (8,), 0),
+        ("Dense_0", "dense", (3,), 8 * 3 + 3),
+    ]
+    assert model.graph.layer("conv1").activation == "relu"
+    assert model.graph.layer("ResidualBlock_0/BatchNorm_0").activation == "relu"
+    assert model.num_params == sum(l.params for l in model.graph.layers)
+
+
+def test_nnx_layers_use_attribute_paths(nnx_checkpoint: Path) -> None:
+    model = load_model(f"{SPEC}:TinyNNX", nnx_checkpoint)
+    got = [(l.name, l.kind, l.output_shape, l.params) for l in model.graph.layers]
+    assert got == [
+        ("conv1", "conv", (8, 8, 8), 224),
+        ("bn", "norm", (8, 8, 8), 32),
+        ("max_pool_0", "max_pool", (4, 4, 8), 0),
+        ("global_avg_pool_0", "global_avg_pool", (8,), 0),
+        ("head", "dense", (3,), 27),
+    ]
+    assert model.api == "nnx"
+
+
+def test_receptive_fields_of_a_known_stack(tmp_path: Path) -> None:
+    from conftest import save
+
+    import tiny_models
+
+    ckpt = save(tmp_path / "ck", tiny_models.init_linen(tiny_models.TwoConvPool()))
+    layers = {l.name: l for l in load_model(f"{SPEC}:TwoConvPool", ckpt).graph.layers}
+    assert layers["a"].receptive_field.size == (3, 3)
+    assert layers["b"].receptive_field.size == (5, 5)
+    assert layers["b"].receptive_field.stride == (1, 1)
+    pool = layers["max_pool_0"].receptive_field
+    assert pool.size == (6, 6) and pool.stride == (2, 2)
+    # Unit 0 of the pool sees input rows -2..3 with SAME padding: centre 0.5.
+    assert pool.start == (0.5, 0.5)
+    assert layers["head"].receptive_field is None
+
+
+def test_flops_of_a_convolution(linen_checkpoint: Path) -> None:
+    conv1 = load_model(f"{SPEC}:TinyLinen", linen_checkpoint).graph.layer("conv1")
+    outputs = 8 * 8 * 8
+    # 2 per multiply-add of the 3x3x3 kernel, plus the bias add and the relu.
+    assert conv1.flops == 2 * outputs * 27 + outputs + outputs
+
+
+def test_unknown_layer_name_lists_the_valid_ones(linen_checkpoint: Path) -> None:
+    graph = load_model(f"{SPEC}:TinyLinen", linen_checkpoint).graph
+    with pytest.raises(KeyError, match="conv1"):
+        graph.layer("nope")

@@ -1,0 +1,101 @@
+"""Tiny Linen and NNX CNNs for the tests, importable as model specs (tests/tiny_models.py:NAME)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class ResidualBlock(nn.Module):
+    """conv -> BatchNorm -> relu, added to the input."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        y = nn.Conv(8, (3, 3))(x)
+        y = nn.BatchNorm(use_running_average=not train)(y)
+        return x + nn.relu(y)
+
+
+class TinyLinen(nn.Module):
+    """conv1+relu, a residual block with BatchNorm, max pool, avg pool, global mean, dropout, dense."""
+
+    num_classes: int = 3
+    input_shape = (8, 8, 3)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = nn.relu(nn.Conv(8, (3, 3), name="conv1")(x))
+        x = ResidualBlock()(x, train)
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        x = x.mean(axis=(1, 2))
+        x = nn.Dropout(0.5, deterministic=not train)(x)
+        return nn.Dense(self.num_classes)(x)
+
+
+class TwoConvPool(nn.Module):
+    """Two 3x3 convs then a 2x2 stride-2 pool: receptive fields 3, 5 and 6 px."""
+
+    input_shape = (12, 12, 1)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Conv(2, (3, 3), name="a")(x))
+        x = nn.relu(nn.Conv(2, (3, 3), name="b")(x))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        return nn.Dense(2, name="head")(x.reshape((x.shape[0], -1)))
+
+
+class SignSplit(nn.Module):
+    """1x1 conv into relu(x) and relu(-x), global mean, then logit = mean(relu(x)) - mean(relu(-x)).
+
+    Weights are set by hand in the tests: conv kernel [[1, -1]], dense kernel [[1], [-1]].
+    """
+
+    input_shape = (2, 2, 1)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Conv(2, (1, 1), use_bias=False, name="split")(x))
+        x = x.mean(axis=(1, 2))
+        return nn.Dense(1, use_bias=False, name="out")(x)
+
+
+class NoConv(nn.Module):
+    """A dense-only model, which reportgen refuses."""
+
+    input_shape = (4, 4, 1)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.Dense(2)(x.reshape((x.shape[0], -1)))
+
+
+class TinyNNX(nnx.Module):
+    """NNX: conv -> BatchNorm -> relu -> max pool -> global mean -> dropout -> linear."""
+
+    input_shape = (8, 8, 3)
+
+    def __init__(self, rngs: nnx.Rngs, num_classes: int = 3) -> None:
+        self.conv1 = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(8, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.head = nnx.Linear(8, num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nnx.relu(self.bn(self.conv1(x)))
+        x = nnx.max_pool(x, (2, 2), (2, 2))
+        x = self.drop(x.mean(axis=(1, 2)))
+        return self.head(x)
+
+
+def make_tiny_linen() -> TinyLinen:
+    """A factory returning a Linen module."""
+    return TinyLinen()
+
+
+def init_linen(module: nn.Module, seed: int = 0) -> dict:
+    """Real variables for a Linen test model."""
+    return module.init(jax.random.key(seed), jnp.zeros((1, *module.input_shape)))
