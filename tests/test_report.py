@@ -1,0 +1,225 @@
+"""End-to-end builds of a tiny model's report: files, sections, safety, determinism, numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SPEC, linen_variables, write_png
+
+import tiny_models
+from reportgen import config, report
+from reportgen.data import read_probe
+from reportgen.errors import UserError
+
+
+def build(out: Path, checkpoint: Path, images: Path, classes: Path | None, **extra) -> report.BuildResult:
+    flags = {"model": f"{SPEC}:TinyLinen", "checkpoint": str(checkpoint), "images": str(images), "out": str(out)}
+    flags["classes"] = str(classes) if classes else None
+    settings = config.resolve({**flags, **extra}, cwd=out.parent)
+    return report.build(settings, command="reportgen build (test)")
+
+
+class Links(HTMLParser):
+    """Collects ids, details sections and every URL-bearing attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: list[str] = []
+        self.urls: list[str] = []
+        self.scripts = 0
+        self.csp = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name == "id" and value:
+                self.ids.append(value)
+            if name in ("src", "href", "action", "poster", "srcset") and value:
+                self.urls.append(value)
+        if tag == "script":
+            self.scripts += 1
+        if tag == "meta" and dict(attrs).get("http-equiv") == "Content-Security-Policy":
+            self.csp = dict(attrs).get("content") or ""
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, linen_checkpoint: Path, tiny_probe: Path, tiny_classes: Path) -> Path:
+    out = tmp_path_factory.mktemp("build") / "report"
+    build(out, linen_checkpoint, tiny_probe, tiny_classes)
+    return out
+
+
+def test_writes_the_three_outputs(built: Path) -> None:
+    assert (built / "report.html").is_file() and (built / "report.json").is_file()
+    pngs = sorted((built / "figures").glob("*.png"))
+    assert pngs
+    html = (built / "report.html").read_text()
+    import base64
+
+    for png in pngs:  # the same bytes as embedded
+        assert base64.b64encode(png.read_bytes()).decode() in html
+    assert not list(built.parent.glob(".report.*"))  # no temporary folders left behind
+
+
+def test_a_section_for_every_layer_and_nothing_external(built: Path) -> None:
+    html = (built / "report.html").read_text()
+    data = json.loads((built / "report.json").read_text())
+    parser = Links()
+    parser.feed(html)
+    layer_ids = [i for i in parser.ids if i.startswith("layer-")]
+    assert len(layer_ids) == len(data["layers"]) == 7
+    for section in ("overview", "findings", "architecture", "predictions", "provenance"):
+        assert section in parser.ids
+    for url in parser.urls:
+        assert url.startswith(("#", "data:image/png;base64,")), url
+    assert not re.search(r"url\(", html)
+    assert "http://" not in html and "https://" not in html
+    assert parser.scripts == 0
+    assert "default-src 'none'" in parser.csp and "img-src data:;" in parser.csp
+
+
+def test_report_json_schema(built: Path) -> None:
+    text = (built / "report.json").read_text()
+    data = json.loads(text)
+    assert data["schema_version"] == 1
+    for key in ("model", "layers", "predictions", "findings", "provenance", "timings"):
+        assert key in data
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.dumps(data, indent=1, sort_keys=True) + "\n" == text
+
+
+def test_numbers_agree_with_a_direct_computation(built: Path, tiny_probe: Path) -> None:
+    data = json.loads((built / "report.json").read_text())
+    probe = read_probe(tiny_probe, (8, 8, 3), ["a", "b", "c"])
+    module = tiny_models.TinyLinen()
+    variables = linen_variables()
+    logits = np.asarray(module.apply(variables, probe.images))
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    for i, entry in enumerate(data["predictions"]["images"]):
+        assert entry["top"][0]["index"] == int(probs[i].argmax())
+        assert entry["top"][0]["probability"] == pytest.approx(probs[i].max(), rel=1e-4)
+    accuracy = (probs.argmax(1) == probe.labels).mean()
+    assert data["predictions"]["accuracy"] == pytest.approx(accuracy)
+    # conv1 statistics from Flax directly: relu(conv(x)) averaged over images and positions.
+    import flax.linen as nn
+
+    conv1 = np.asarray(nn.relu(nn.Conv(8, (3, 3)).apply({"params": variables["params"]["conv1"]}, probe.images)))
+    stats = next(l for l in data["layers"] if l["name"] == "conv1")["statistics"]
+    np.testing.assert_allclose(stats["mean"], conv1.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats["max"], conv1.max(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    fires = (conv1.max(axis=(1, 2)) > 0).mean(axis=0)
+    np.testing.assert_allclose(stats["firing_fraction"], fires, atol=1e-6)
+    dead = next(l for l in data["layers"] if l["name"] == "conv1")["dead_filters"]
+    assert dead == [int(c) for c in np.flatnonzero(conv1.max(axis=(0, 1, 2)) <= 0)]
+
+
+def test_double_build_is_byte_identical(
+    tmp_path: Path, linen_checkpoint: Path, tiny_probe: Path, tiny_classes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    out = tmp_path / "r"
+    build(out, linen_checkpoint, tiny_probe, tiny_classes)
+    first = {p.name: p.read_bytes() for p in (out / "report.html", out / "report.json")}
+    build(out, linen_checkpoint, tiny_probe, tiny_classes)
+    second = {p.name: p.read_bytes() for p in (out / "report.html", out / "report.json")}
+    assert first == second
+    assert b"2023-11-14T22:13:20+00:00" in first["report.html"]
+
+
+HOSTILE = ["<script>alert(1)</script>", "$\\alpha$ & \"quotes\"", "<img src=x onerror=alert(2)>"]
+
+
+def test_hostile_names_are_escaped(tmp_path: Path, linen_checkpoint: Path) -> None:
+    probe = tmp_path / "probe"
+    rng = np.random.default_rng(0)
+    write_png(probe / "<b>bold</b>.png", rng.uniform(0, 1, (8, 8, 3)))
+    write_png(probe / "2" / "$x^2$.png", rng.uniform(0, 1, (8, 8, 3)))
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(HOSTILE) + "\n")
+    out = tmp_path / "out"
+    build(out, linen_checkpoint, probe, classes)
+    html = (out / "report.html").read_text()
+    assert "<script>" not in html and "<b>bold" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;b&gt;bold&lt;/b&gt;.png" in html
+    assert "$x^2$.png" in html
+
+
+def test_bad_probe_inputs_give_warnings(tmp_path: Path, linen_checkpoint: Path, tiny_classes: Path) -> None:
+    from PIL import Image
+
+    probe = tmp_path / "probe"
+    rng = np.random.default_rng(0)
+    write_png(probe / "a" / "ok.png", rng.uniform(0, 1, (8, 8, 3)))
+    (probe / "notes.txt").write_text("not an image")
+    (probe / "a" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    Image.fromarray((rng.uniform(0, 1, (20, 20)) * 255).astype(np.uint8), mode="L").save(probe / "b" / "gray.png") if (
+        probe / "b"
+    ).mkdir() is None else None
+    Image.fromarray((rng.uniform(0, 1, (8, 8, 4)) * 255).astype(np.uint8), mode="RGBA").save(probe / "b" / "rgba.png")
+    Image.fromarray((rng.uniform(0, 1, (9, 9)) * 65535).astype(np.uint16)).save(probe / "c" / "deep.png") if (
+        probe / "c"
+    ).mkdir() is None else None
+    Image.fromarray((rng.uniform(0, 1, (2000, 1500, 3)) * 255).astype(np.uint8)).save(probe / "c" / "big.jpg")
+    (probe / "zebra").mkdir()
+    write_png(probe / "zebra" / "z.png", rng.uniform(0, 1, (8, 8, 3)))
+    result = build(tmp_path / "out", linen_checkpoint, probe, tiny_classes)
+    warnings = " | ".join(result.warnings)
+    assert "skipped notes.txt: not a PNG or JPEG" in warnings
+    assert "skipped a/corrupt.png: unreadable image" in warnings
+    assert "'zebra' is not a class name" in warnings
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    names = [i["name"] for i in data["predictions"]["images"]]
+    assert names == ["a/ok.png", "b/gray.png", "b/rgba.png", "c/big.jpg", "c/deep.png", "zebra/z.png"]
+    labels = [i["label"] for i in data["predictions"]["images"]]
+    assert labels == ["a", "b", "b", "c", "c", None]
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("empty", "has no readable PNG or JPEG images"),
+        ("short-classes", "has 2 class names but the model has 3 outputs"),
+        ("out-is-foreign", "is not a reportgen report folder"),
+    ],
+)
+def test_bad_input_errors_destroy_nothing(
+    case: str, message: str, tmp_path: Path, linen_checkpoint: Path, tiny_probe: Path, tiny_classes: Path
+) -> None:
+    out = tmp_path / "out"
+    images, classes = tiny_probe, tiny_classes
+    if case == "empty":
+        images = tmp_path / "empty"
+        images.mkdir()
+    if case == "short-classes":
+        classes = tmp_path / "two.txt"
+        classes.write_text("a\nb\n")
+    if case == "out-is-foreign":
+        out.mkdir()
+        (out / "thesis.tex").write_text("precious")
+    else:
+        build(out, linen_checkpoint, tiny_probe, tiny_classes)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match=message):
+        build(out, linen_checkpoint, images, classes)
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert before == after
+    assert not list(tmp_path.glob(".out.*"))
+
+
+def test_size_budget_warns_and_external_figures_link_files(
+    tmp_path: Path, linen_checkpoint: Path, tiny_probe: Path, tiny_classes: Path
+) -> None:
+    result = build(tmp_path / "a", linen_checkpoint, tiny_probe, tiny_classes, size_budget_mb=0.01)
+    assert any("over the 0.01 MB budget" in w for w in result.warnings)
+    build(tmp_path / "b", linen_checkpoint, tiny_probe, tiny_classes, external_figures=True)
+    html = (tmp_path / "b" / "report.html").read_text()
+    parser = Links()
+    parser.feed(html)
+    srcs = [u for u in parser.urls if not u.startswith("#")]
+    assert srcs and all(u.startswith("figures/") and (tmp_path / "b" / u).is_file() for u in srcs)
