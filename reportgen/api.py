@@ -42,7 +42,9 @@ def predict(model: LoadedModel, images: np.ndarray, chunk: int = 32) -> np.ndarr
     return map_examples(engine.logits, (model.variables,), _images(model, images), chunk=chunk)
 
 
-def activations(model: LoadedModel, images: np.ndarray, layers: Sequence[str] | None = None, chunk: int = 32) -> dict[str, np.ndarray]:
+def activations(
+    model: LoadedModel, images: np.ndarray, layers: Sequence[str] | None = None, chunk: int = 32
+) -> dict[str, np.ndarray]:
     """Outputs of the named layers (all by default), each (N, *layer.output_shape)."""
     engine = Engine(model.graph)
     names = list(layers) if layers is not None else model.layers

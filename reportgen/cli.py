@@ -41,7 +41,9 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--step", type=int, help="step of a CheckpointManager root (default: latest)")
     build.add_argument("--images", help="folder of PNG/JPEG probe images; sub-folders named by class label them")
     build.add_argument("--classes", help="text file with one class name per line")
-    build.add_argument("--input-shape", type=_shape, help="model input H,W,C (default: from config or model.input_shape)")
+    build.add_argument(
+        "--input-shape", type=_shape, help="model input H,W,C (default: from config or model.input_shape)"
+    )
     build.add_argument("--config", help="TOML settings file")
     build.add_argument("--profile", choices=sorted(PROFILES), help="how much to compute and show (default: standard)")
     build.add_argument("--out", help="output folder (default: reports/latest)")

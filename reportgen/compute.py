@@ -72,9 +72,10 @@ def map_examples(
     for start in range(0, n, size):
         batch = [_pad(a[start : start + size], size) for a in per_example]
         out = run(*shared, *jax.device_put(batch, sharding))
-        pieces.append(jax.tree.map(lambda x, m=min(size, n - start): np.asarray(x)[:m], out))
+        valid = min(size, n - start)
+        pieces.append(jax.tree.map(lambda x, valid=valid: np.asarray(x)[:valid], out))
         if progress is not None:
-            progress(min(size, n - start))
+            progress(valid)
     return jax.tree.map(lambda *xs: np.concatenate(xs), *pieces)
 
 

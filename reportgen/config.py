@@ -122,10 +122,9 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise UserError(f"{name} must be a table of keyword arguments")
         return dict(value)
-    expected = {"activation_images": int, "channel_images": int, "channels_across": int, "chunk_size": int, "seed": int}
-    if name in expected and value is not None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise UserError(f"{name} must be a non-negative integer, not {value!r}")
+    counts = ("activation_images", "channel_images", "channels_across", "chunk_size", "seed")
+    if name in counts and value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise UserError(f"{name} must be a non-negative integer, not {value!r}")
     if name == "chunk_size" and value == 0:
         raise UserError("chunk_size must be at least 1")
     if name in ("rare_fraction", "size_budget_mb"):
@@ -133,7 +132,7 @@ def _coerce(name: str, value: Any) -> Any:
             value = float(value)
         except (TypeError, ValueError) as e:
             raise UserError(f"{name} must be a number, not {value!r}") from e
-        if not 0 <= value:
+        if not value >= 0:
             raise UserError(f"{name} must not be negative")
     return value
 

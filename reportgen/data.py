@@ -106,7 +106,13 @@ def read_probe(folder: Path, shape: tuple[int, int, int], classes: list[str]) ->
                         continue
                     image.load()
                     array = to_float(image, channels)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        except (
+            UnidentifiedImageError,
+            OSError,
+            ValueError,
+            Image.DecompressionBombWarning,
+            Image.DecompressionBombError,
+        ) as e:
             notes.append(f"skipped {rel}: unreadable image ({type(e).__name__})")
             continue
         images.append(_resize(array, height, width))

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-from matplotlib import colormaps  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from PIL import Image
 
-CHART_RC = {"text.parse_math": False, "font.size": 9, "axes.titlesize": 10, "svg.hashsalt": "reportgen"}
+CHART_RC: Any = {"text.parse_math": False, "font.size": 9, "axes.titlesize": 10, "svg.hashsalt": "reportgen"}
 
 
 def png(rgb: np.ndarray) -> bytes:
@@ -89,7 +90,7 @@ def _resize_nearest(images: np.ndarray, h: int, w: int) -> np.ndarray:
 def filter_grid(kernel: np.ndarray, columns: int = 16) -> bytes:
     """Convolution filters (kh, kw, C_in, F): in colour when C_in is 3, else the per-filter mean
     over input channels on a diverging scale (blue negative, red positive)."""
-    kh, kw, cin, _ = kernel.shape
+    kh, _, cin, _ = kernel.shape
     filters = np.moveaxis(kernel, -1, 0)
     if cin == 3:
         low = filters.min(axis=(1, 2, 3), keepdims=True)
@@ -146,7 +147,9 @@ def confusion_chart(confusion: np.ndarray) -> bytes:
         ax.set_xticks(range(0, k, step))
         ax.set_yticks(range(0, k, step))
         for t, p in zip(*np.nonzero((confusion > 0) & ~np.eye(k, dtype=bool)), strict=True):
-            ax.add_patch(matplotlib.patches.Rectangle((p - 0.5, t - 0.5), 1, 1, fill=False, edgecolor="#c0392b", lw=1.2))
+            ax.add_patch(
+                matplotlib.patches.Rectangle((p - 0.5, t - 0.5), 1, 1, fill=False, edgecolor="#c0392b", lw=1.2)
+            )
         fig.colorbar(image, ax=ax, shrink=0.8, label="images")
         return _save(fig)
 

@@ -21,12 +21,19 @@ class Finding:
     section: str  # HTML id of the section that shows it
 
 
-def layer_findings(name: str, section: str, stats: LayerStatistics, filters: int, unit: str = "filter") -> list[Finding]:
+def layer_findings(
+    name: str, section: str, stats: LayerStatistics, filters: int, unit: str = "filter"
+) -> list[Finding]:
     """Dead and rarely firing filters, and non-finite outputs, of one layer."""
     found = []
     if stats.nonfinite_images:
         found.append(
-            Finding("error", "nonfinite", f"{name}: NaN or infinite outputs on {stats.nonfinite_images} probe images", section)
+            Finding(
+                "error",
+                "nonfinite",
+                f"{name}: NaN or infinite outputs on {stats.nonfinite_images} probe images",
+                section,
+            )
         )
     if stats.dead:
         found.append(
@@ -60,7 +67,9 @@ def prediction_findings(pred: Predictions, names: Sequence[str], classes: Sequen
     found = []
     accuracy = pred.accuracy
     if accuracy is None:
-        return [Finding("info", "unlabelled", "probe images have no labels: no accuracy or confusion matrix", "predictions")]
+        return [
+            Finding("info", "unlabelled", "probe images have no labels: no accuracy or confusion matrix", "predictions")
+        ]
     wrong = [i for i in range(len(names)) if pred.labels[i] >= 0 and pred.predicted[i] != pred.labels[i]]
     if accuracy < LOW_ACCURACY:
         found.append(Finding("error", "low-accuracy", f"probe accuracy is {accuracy:.1%}", "predictions"))
@@ -81,7 +90,9 @@ def input_findings(notes: Sequence[str], nonfinite_logits: int) -> list[Finding]
     """Problems with the probe folder, and NaN outputs."""
     found = [Finding("warning", "probe", note, "overview") for note in notes]
     if nonfinite_logits:
-        found.append(Finding("error", "nonfinite", f"NaN or infinite logits on {nonfinite_logits} probe images", "predictions"))
+        found.append(
+            Finding("error", "nonfinite", f"NaN or infinite logits on {nonfinite_logits} probe images", "predictions")
+        )
     return found
 
 

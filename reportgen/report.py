@@ -53,7 +53,9 @@ from reportgen.views import (
 
 SCHEMA_VERSION = 1
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
-CSP_EXTERNAL = "default-src 'none'; img-src data: 'self'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+CSP_EXTERNAL = (
+    "default-src 'none'; img-src data: 'self'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+)
 VERSIONED_PACKAGES = ("reportgen", "jax", "jaxlib", "flax", "orbax-checkpoint", "numpy", "jinja2", "matplotlib")
 
 
@@ -160,7 +162,9 @@ def _summaries(engine: Engine, model: LoadedModel, images: np.ndarray, chunk: in
     return result
 
 
-def _maps(engine: Engine, model: LoadedModel, images: np.ndarray, names: list[str], chunk: int, progress: Progress) -> dict[str, np.ndarray]:
+def _maps(
+    engine: Engine, model: LoadedModel, images: np.ndarray, names: list[str], chunk: int, progress: Progress
+) -> dict[str, np.ndarray]:
     """Full activation maps of the spatial layers for the images shown."""
 
     def per_example(variables: Any, image: jax.Array) -> dict[str, jax.Array]:
@@ -223,16 +227,27 @@ def _layer_view(
         Fact("Parameters", f"{layer.params:,}"),
         Fact("FLOPs per image", human(layer.flops)),
         Fact("Receptive field", receptive_text(layer, model.input_shape)),
-        Fact(f"Dead {unit}s", f"{len(stats.dead)} of {channels}" if stats.nonnegative else "n/a (outputs can be negative)"),
+        Fact(
+            f"Dead {unit}s",
+            f"{len(stats.dead)} of {channels}" if stats.nonnegative else "n/a (outputs can be negative)",
+        ),
     ]
     figs: list[FigureView] = []
     kernel = _kernel(model, layer) if layer.kind == "conv" else None
     if kernel is not None:
-        colour = "in colour (RGB weights scaled per filter)" if kernel.shape[2] == 3 else (
-            "mean over input channels, blue negative, red positive"
+        colour = (
+            "in colour (RGB weights scaled per filter)"
+            if kernel.shape[2] == 3
+            else ("mean over input channels, blue negative, red positive")
         )
-        figs.append(store.add(f"{prefix}-filters.png", figures.filter_grid(kernel), f"{layer.name} filters", f"Filters {colour}."))
-        figs.append(store.add(f"{prefix}-filter-norms.png", figures.filter_norm_chart(kernel), f"{layer.name} filter norms", ""))
+        figs.append(
+            store.add(
+                f"{prefix}-filters.png", figures.filter_grid(kernel), f"{layer.name} filters", f"Filters {colour}."
+            )
+        )
+        figs.append(
+            store.add(f"{prefix}-filter-norms.png", figures.filter_norm_chart(kernel), f"{layer.name} filter norms", "")
+        )
     if layer.name in maps:
         layer_maps = maps[layer.name]
         n_all = settings.activation_images or len(layer_maps)
@@ -258,15 +273,19 @@ def _layer_view(
             )
         )
     figs.append(
-        store.add(f"{prefix}-statistics.png", figures.statistics_chart(stats.mean, stats.firing, stats.max), f"{layer.name} statistics", "")
+        store.add(
+            f"{prefix}-statistics.png",
+            figures.statistics_chart(stats.mean, stats.firing, stats.max),
+            f"{layer.name} statistics",
+            "",
+        )
     )
     alerts = []
     if stats.dead:
         alerts.append(f"Dead {unit}s (zero on every probe image): {', '.join(map(str, stats.dead))}")
     if stats.rare:
-        alerts.append(
-            f"Rarely firing {unit}s (on fewer than {settings.rare_fraction:.0%} of probe images): {', '.join(map(str, stats.rare))}"
-        )
+        rare = ", ".join(map(str, stats.rare))
+        alerts.append(f"Rarely firing {unit}s (on fewer than {settings.rare_fraction:.0%} of probe images): {rare}")
     if stats.nonfinite_images:
         alerts.append(f"NaN or infinite outputs on {stats.nonfinite_images} probe images")
     rows = tuple(
@@ -283,7 +302,9 @@ def _layer_view(
     return LayerView(section, title, layer.kind, tuple(facts), tuple(figs), tuple(alerts), rows)
 
 
-def _prediction_view(i: int, probe: ProbeSet, pred: predictions.Predictions, classes: list[str], store: FigureStore, prefix: str) -> PredictionView:
+def _prediction_view(
+    i: int, probe: ProbeSet, pred: predictions.Predictions, classes: list[str], store: FigureStore, prefix: str
+) -> PredictionView:
     label = int(pred.labels[i])
     verdict = "" if label < 0 else ("correct" if pred.predicted[i] == label else "wrong")
     image = store.add(f"{prefix}-{i + 1:04d}.png", figures.thumbnail(probe.images[i]), probe.names[i], "")
@@ -345,7 +366,9 @@ def build(settings: Settings, command: str = "", progress: Progress | None = Non
     found: list[Finding] = input_findings(probe.warnings, int((~finite).sum()))
     found += prediction_findings(pred, probe.names, classes)
     for i, layer in enumerate(layers):
-        found += layer_findings(layer.name, layer_id(i, layer), layer_stats[layer.name], layer.output_shape[-1], unit_name(layer))
+        found += layer_findings(
+            layer.name, layer_id(i, layer), layer_stats[layer.name], layer.output_shape[-1], unit_name(layer)
+        )
     found = ordered(found)
 
     store = FigureStore(settings.external_figures)
@@ -353,13 +376,20 @@ def build(settings: Settings, command: str = "", progress: Progress | None = Non
     layer_views = []
     for i, layer in enumerate(layers):
         layer_views.append(
-            _layer_view(i, layer, layer_stats[layer.name], model, maps, probe.images[shown], shown_names, settings, store)
+            _layer_view(
+                i, layer, layer_stats[layer.name], model, maps, probe.images[shown], shown_names, settings, store
+            )
         )
         progress.advance()
     prediction_views = tuple(_prediction_view(i, probe, pred, classes, store, "probe") for i in range(len(probe.names)))
     wrong = tuple(p for p in prediction_views if p.verdict == "wrong")
     confusion = (
-        store.add("confusion-matrix.png", figures.confusion_chart(pred.confusion), "confusion matrix", "Rows: true class; columns: predicted class; red boxes: errors.")
+        store.add(
+            "confusion-matrix.png",
+            figures.confusion_chart(pred.confusion),
+            "confusion matrix",
+            "Rows: true class; columns: predicted class; red boxes: errors.",
+        )
         if pred.confusion is not None
         else None
     )
@@ -457,7 +487,9 @@ def report_data(
             "images": images,
             "confusion": None if pred.confusion is None else pred.confusion.tolist(),
         },
-        "findings": [{"severity": f.severity, "code": f.code, "message": f.message, "section": f.section} for f in found],
+        "findings": [
+            {"severity": f.severity, "code": f.code, "message": f.message, "section": f.section} for f in found
+        ],
         "provenance": {
             "versions": _versions(),
             "python": platform.python_version(),
@@ -487,7 +519,9 @@ def _report_view(
     data: Mapping[str, Any],
 ) -> ReportView:
     ck = model.checkpoint
-    accuracy = "no labels" if pred.accuracy is None else f"{pred.accuracy:.1%} of {int(pred.labelled.sum())} labelled images"
+    accuracy = (
+        "no labels" if pred.accuracy is None else f"{pred.accuracy:.1%} of {int(pred.labelled.sum())} labelled images"
+    )
     overview = (
         Fact("Model", settings.model),
         Fact("Model class", f"{model.class_name} (Flax {model.api})"),
@@ -562,7 +596,9 @@ def _write(out: Path, html: str, data: Mapping[str, Any], files: Mapping[str, by
         (tmp / "figures").mkdir(parents=True)
         for name, blob in sorted(files.items()):
             (tmp / "figures" / name).write_bytes(blob)
-        (tmp / "report.json").write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+        (tmp / "report.json").write_text(
+            json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8"
+        )
         (tmp / "report.html").write_text(html, encoding="utf-8")
         if out.exists():
             out.rename(old)
@@ -579,4 +615,3 @@ def command_line(argv: list[str] | None = None) -> str:
     """The command as typed, for provenance."""
     args = sys.argv if argv is None else argv
     return " ".join(["reportgen", *args[1:]])
-

@@ -41,7 +41,9 @@ def chromium(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory: pytest.TempPathFactory, linen_checkpoint: Path, tiny_probe: Path, tiny_classes: Path) -> Path:
+def page(
+    tmp_path_factory: pytest.TempPathFactory, linen_checkpoint: Path, tiny_probe: Path, tiny_classes: Path
+) -> Path:
     out = tmp_path_factory.mktemp("browser") / "r"
     build(out, linen_checkpoint, tiny_probe, tiny_classes)
     return out / "report.html"
@@ -60,8 +62,7 @@ def test_screenshot_has_content(page: Path, tmp_path: Path) -> None:
 
 def test_no_console_errors_or_blocked_requests(page: Path) -> None:
     result = chromium("--dump-dom", page.as_uri())
-    assert "reportgen" in result.stdout and f'{SPEC.split("/")[-1]}' in result.stdout
+    assert "reportgen" in result.stdout and f"{SPEC.split('/')[-1]}" in result.stdout
     console = [line for line in result.stderr.splitlines() if "CONSOLE" in line or "Content Security Policy" in line]
     assert console == []
     assert "net::ERR" not in result.stderr
-

@@ -35,10 +35,16 @@ def test_build_prints_the_layer_table(
     [
         (["--model", "missing.py:Net", "--checkpoint", "x"], "model file missing.py does not exist"),
         (["--model", f"{SPEC}:TinyLinen", "--checkpoint", "/nope"], "checkpoint /nope does not exist"),
-        (["--model", f"{SPEC}:TinyLinen", "--checkpoint", "CK", "--images", "/nope"], "probe folder /nope does not exist"),
+        (
+            ["--model", f"{SPEC}:TinyLinen", "--checkpoint", "CK", "--images", "/nope"],
+            "probe folder /nope does not exist",
+        ),
         (["--model", f"{SPEC}:TinyLinen", "--checkpoint", "CK", "--input-shape", "8,8"], "is not H,W,C"),
         (["--model", f"{SPEC}:TinyLinen", "--checkpoint", "CK", "--profile", "huge"], "invalid choice"),
-        (["--model", f"{SPEC}:TinyLinen", "--checkpoint", "CK", "--config", "/no.toml"], "config file /no.toml does not exist"),
+        (
+            ["--model", f"{SPEC}:TinyLinen", "--checkpoint", "CK", "--config", "/no.toml"],
+            "config file /no.toml does not exist",
+        ),
     ],
 )
 def test_mistakes_are_one_line_with_status_2(
@@ -68,7 +74,9 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 
 
 def test_console_script_and_module_entry(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "reportgen", "--version"], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "reportgen", "--version"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0 and result.stdout.startswith("reportgen ")
     script = Path(sys.executable).parent / "reportgen"
     assert script.exists(), "console script not installed; run make setup"

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tiny_models
 from conftest import SPEC, linen_variables, save
 
-import tiny_models
 from reportgen import compute
 from reportgen.model.engine import Engine, _needed_eqns
 from reportgen.model.load import LoadedModel, load_model
@@ -79,7 +79,9 @@ def test_gradients_match_finite_differences(model: LoadedModel) -> None:
         numeric = (f(bump) - f(-bump)) / (2 * eps)
         assert grads[layer][idx[1:]] == pytest.approx(numeric, abs=2e-3)
     # Against jax.grad of the model's own apply, an independent path.
-    direct = jax.grad(lambda xi: (lambda l: l[0, 1] - 0.5 * l[0, 0])(tiny_models.TinyLinen().apply(linen_variables(), xi[None])))(x)
+    direct = jax.grad(
+        lambda xi: (lambda lg: lg[0, 1] - 0.5 * lg[0, 0])(tiny_models.TinyLinen().apply(linen_variables(), xi[None]))
+    )(x)
     np.testing.assert_allclose(grad_x, direct, rtol=1e-4, atol=1e-5)
 
 
@@ -127,7 +129,7 @@ def test_rules_on_the_negated_objective(sign_split: LoadedModel) -> None:
     x = np.asarray([[[1.5], [-2.0]], [[0.5], [-0.25]]], np.float32)
     engine = Engine(sign_split.graph)
     grads = {
-        rule: np.asarray(engine.gradients(sign_split.variables, jnp.asarray(x), [], lambda l, _: -l[0], relu=rule)[3])
+        rule: np.asarray(engine.gradients(sign_split.variables, jnp.asarray(x), [], lambda lg, _: -lg[0], relu=rule)[3])
         for rule in ("standard", "guided", "deconvnet")
     }
     np.testing.assert_allclose(grads["standard"], -0.25)

@@ -17,7 +17,9 @@ def scrub(html: str, root: Path) -> str:
     """Remove what legitimately varies between machines: image bytes, paths, versions, provenance."""
     html = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "data:image/png;base64,IMAGE", html)
     html = html.replace(str(root), "TMP").replace(str(TESTS), "TESTS")
-    html = re.sub(r'<section id="provenance">.*?</section>', '<section id="provenance">PROVENANCE</section>', html, flags=re.S)
+    html = re.sub(
+        r'<section id="provenance">.*?</section>', '<section id="provenance">PROVENANCE</section>', html, flags=re.S
+    )
     return re.sub(r"[0-9a-f]{64}", "SHA256", html)
 
 

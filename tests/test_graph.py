@@ -12,7 +12,7 @@ from reportgen.model.load import load_model
 
 def test_linen_layers_match_the_definition(linen_checkpoint: Path) -> None:
     model = load_model(f"{SPEC}:TinyLinen", linen_checkpoint)
-    got = [(l.name, l.kind, l.output_shape, l.params) for l in model.graph.layers]
+    got = [(layer.name, layer.kind, layer.output_shape, layer.params) for layer in model.graph.layers]
     assert got == [
         ("conv1", "conv", (8, 8, 8), 3 * 3 * 3 * 8 + 8),
         ("ResidualBlock_0/Conv_0", "conv", (8, 8, 8), 3 * 3 * 8 * 8 + 8),
@@ -24,12 +24,12 @@ def test_linen_layers_match_the_definition(linen_checkpoint: Path) -> None:
     ]
     assert model.graph.layer("conv1").activation == "relu"
     assert model.graph.layer("ResidualBlock_0/BatchNorm_0").activation == "relu"
-    assert model.num_params == sum(l.params for l in model.graph.layers)
+    assert model.num_params == sum(layer.params for layer in model.graph.layers)
 
 
 def test_nnx_layers_use_attribute_paths(nnx_checkpoint: Path) -> None:
     model = load_model(f"{SPEC}:TinyNNX", nnx_checkpoint)
-    got = [(l.name, l.kind, l.output_shape, l.params) for l in model.graph.layers]
+    got = [(layer.name, layer.kind, layer.output_shape, layer.params) for layer in model.graph.layers]
     assert got == [
         ("conv1", "conv", (8, 8, 8), 224),
         ("bn", "norm", (8, 8, 8), 32),
@@ -41,12 +41,11 @@ def test_nnx_layers_use_attribute_paths(nnx_checkpoint: Path) -> None:
 
 
 def test_receptive_fields_of_a_known_stack(tmp_path: Path) -> None:
+    import tiny_models
     from conftest import save
 
-    import tiny_models
-
     ckpt = save(tmp_path / "ck", tiny_models.init_linen(tiny_models.TwoConvPool()))
-    layers = {l.name: l for l in load_model(f"{SPEC}:TwoConvPool", ckpt).graph.layers}
+    layers = {layer.name: layer for layer in load_model(f"{SPEC}:TwoConvPool", ckpt).graph.layers}
     assert layers["a"].receptive_field.size == (3, 3)
     assert layers["b"].receptive_field.size == (5, 5)
     assert layers["b"].receptive_field.stride == (1, 1)

@@ -10,9 +10,9 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+import tiny_models
 from conftest import SPEC, linen_variables, save
 
-import tiny_models
 from reportgen.errors import UserError
 from reportgen.model.engine import Engine
 from reportgen.model.load import load_model
@@ -55,7 +55,12 @@ def test_checkpoint_manager_root_latest_and_chosen_step(tmp_path: Path) -> None:
 def test_train_state_with_optimizer_state(tmp_path: Path) -> None:
     variables = linen_variables()
     opt_state = optax.adam(1e-3).init(variables["params"])
-    state = {"step": np.int32(5), "params": variables["params"], "batch_stats": variables["batch_stats"], "opt_state": opt_state}
+    state = {
+        "step": np.int32(5),
+        "params": variables["params"],
+        "batch_stats": variables["batch_stats"],
+        "opt_state": opt_state,
+    }
     ckpt = save(tmp_path / "state", jax.tree.map(np.asarray, state))
     assert load_model(f"{SPEC}:TinyLinen", ckpt).num_params == tiny_models_param_count()
 
@@ -100,7 +105,9 @@ def test_checkpoint_of_a_different_model_lists_the_leaves(linen_checkpoint: Path
 def test_shape_mismatch_is_named(tmp_path: Path) -> None:
     variables = tiny_models.init_linen(tiny_models.TinyLinen(num_classes=5))
     ckpt = save(tmp_path / "five", variables)
-    with pytest.raises(UserError, match=r"mismatched.*params/Dense_0/bias: checkpoint float32\(5,\) vs model float32\(3,\)"):
+    with pytest.raises(
+        UserError, match=r"mismatched.*params/Dense_0/bias: checkpoint float32\(5,\) vs model float32\(3,\)"
+    ):
         load_model(f"{SPEC}:TinyLinen", ckpt)
     # The right constructor arguments make it load.
     assert load_model(f"{SPEC}:TinyLinen", ckpt, model_kwargs={"num_classes": 5}).graph.num_classes == 5
@@ -129,11 +136,13 @@ def test_model_without_convolution(tmp_path: Path) -> None:
 
 
 def test_wrong_input_channels(linen_checkpoint: Path) -> None:
-    with pytest.raises(UserError, match=r"conv1/kernel: checkpoint float32\(3, 3, 3, 8\) vs model float32\(3, 3, 5, 8\)"):
+    with pytest.raises(
+        UserError, match=r"conv1/kernel: checkpoint float32\(3, 3, 3, 8\) vs model float32\(3, 3, 5, 8\)"
+    ):
         load_model(f"{SPEC}:TinyLinen", linen_checkpoint, input_shape=(8, 8, 5))
 
 
 def test_input_too_small_for_the_model(tmp_path: Path) -> None:
     ckpt = save(tmp_path / "ck", tiny_models.init_linen(tiny_models.TwoConvPool()))
-    with pytest.raises(UserError, match="does not match|cannot run"):
+    with pytest.raises(UserError, match=r"does not match|cannot run"):
         load_model(f"{SPEC}:TwoConvPool", ckpt, input_shape=(10, 10, 1))

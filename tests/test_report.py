@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_models
 from conftest import SPEC, linen_variables, write_png
 
-import tiny_models
 from reportgen import config, report
 from reportgen.data import read_probe
 from reportgen.errors import UserError
@@ -47,7 +47,9 @@ class Links(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, linen_checkpoint: Path, tiny_probe: Path, tiny_classes: Path) -> Path:
+def built(
+    tmp_path_factory: pytest.TempPathFactory, linen_checkpoint: Path, tiny_probe: Path, tiny_classes: Path
+) -> Path:
     out = tmp_path_factory.mktemp("build") / "report"
     build(out, linen_checkpoint, tiny_probe, tiny_classes)
     return out
@@ -109,12 +111,12 @@ def test_numbers_agree_with_a_direct_computation(built: Path, tiny_probe: Path) 
     import flax.linen as nn
 
     conv1 = np.asarray(nn.relu(nn.Conv(8, (3, 3)).apply({"params": variables["params"]["conv1"]}, probe.images)))
-    stats = next(l for l in data["layers"] if l["name"] == "conv1")["statistics"]
+    stats = next(layer for layer in data["layers"] if layer["name"] == "conv1")["statistics"]
     np.testing.assert_allclose(stats["mean"], conv1.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(stats["max"], conv1.max(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
     fires = (conv1.max(axis=(1, 2)) > 0).mean(axis=0)
     np.testing.assert_allclose(stats["firing_fraction"], fires, atol=1e-6)
-    dead = next(l for l in data["layers"] if l["name"] == "conv1")["dead_filters"]
+    dead = next(layer for layer in data["layers"] if layer["name"] == "conv1")["dead_filters"]
     assert dead == [int(c) for c in np.flatnonzero(conv1.max(axis=(0, 1, 2)) <= 0)]
 
 
@@ -131,7 +133,7 @@ def test_double_build_is_byte_identical(
     assert b"2023-11-14T22:13:20+00:00" in first["report.html"]
 
 
-HOSTILE = ["<script>alert(1)</script>", "$\\alpha$ & \"quotes\"", "<img src=x onerror=alert(2)>"]
+HOSTILE = ["<script>alert(1)</script>", '$\\alpha$ & "quotes"', "<img src=x onerror=alert(2)>"]
 
 
 def test_hostile_names_are_escaped(tmp_path: Path, linen_checkpoint: Path) -> None:

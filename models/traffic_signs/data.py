@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from signs import NUM_CLASSES, SIZE, templates
 
 IMAGE_SIZE = 32
@@ -65,7 +64,7 @@ def _bilinear(tmpl: np.ndarray, labels: np.ndarray, px: np.ndarray, py: np.ndarr
     fx = (px - x0)[..., None].astype(np.float32)
     fy = (py - y0)[..., None].astype(np.float32)
     k = labels[:, None, None]
-    out = np.zeros(px.shape + (4,), np.float32)
+    out = np.zeros((*px.shape, 4), np.float32)
     for dy, wy in ((0, 1 - fy), (1, fy)):
         for dx, wx in ((0, 1 - fx), (1, fx)):
             xi, yi = x0 + dx, y0 + dy
@@ -96,7 +95,7 @@ def _backgrounds(n: int, rng: np.random.Generator) -> np.ndarray:
     noise = 0.5 * noise + 0.5 * c1
 
     freq = rng.uniform(3, 10, (n, 1, 1))
-    stripes = (np.sin(freq * (np.cos(direction) * xx + np.sin(direction) * yy) * 2 * np.pi) > 0)
+    stripes = np.sin(freq * (np.cos(direction) * xx + np.sin(direction) * yy) * 2 * np.pi) > 0
     texture = np.where(stripes[..., None], c1, 0.6 * c1 + 0.4 * c2)
 
     horizon = rng.uniform(0.3, 0.7, (n, 1, 1))

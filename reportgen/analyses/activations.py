@@ -47,9 +47,7 @@ def summarize(stats: dict[str, np.ndarray], rare_fraction: float) -> LayerStatis
     firing = fired.mean(axis=0)
     nonnegative = bool((stats["min"] >= 0).all())
     dead = tuple(int(c) for c in np.flatnonzero(~fired.any(axis=0))) if nonnegative else ()
-    rare = (
-        tuple(int(c) for c in np.flatnonzero((firing > 0) & (firing < rare_fraction))) if nonnegative else ()
-    )
+    rare = tuple(int(c) for c in np.flatnonzero((firing > 0) & (firing < rare_fraction))) if nonnegative else ()
     return LayerStatistics(
         mean=stats["mean"].mean(axis=0),
         max=stats["max"].max(axis=0),

@@ -126,7 +126,7 @@ class Graph:
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        raise KeyError(f"no layer named {name!r}; layers are: {', '.join(l.name for l in self.layers)}")
+        raise KeyError(f"no layer named {name!r}; layers are: {', '.join(layer.name for layer in self.layers)}")
 
     @property
     def num_classes(self) -> int:
@@ -167,8 +167,9 @@ class _Flattener:
     def new_var(self, var: jcore.Var) -> int:
         vid = self.count
         self.count += 1
-        self.shapes[vid] = tuple(var.aval.shape)
-        self.dtypes[vid] = var.aval.dtype
+        aval: Any = var.aval
+        self.shapes[vid] = tuple(aval.shape)
+        self.dtypes[vid] = aval.dtype
         return vid
 
     def inline(self, jaxpr: jcore.Jaxpr, consts: Sequence[Any], args: Sequence[Operand], scope: str) -> list[Operand]:
@@ -231,8 +232,7 @@ def strip_scope_root(flat: FlatJaxpr) -> FlatJaxpr:
         return flat
     (root,) = roots
     eqns = tuple(
-        Eqn(e.primitive, e.params, e.inputs, e.outputs, e.scope[len(root) + 1 :] if e.scope else "")
-        for e in flat.eqns
+        Eqn(e.primitive, e.params, e.inputs, e.outputs, e.scope[len(root) + 1 :] if e.scope else "") for e in flat.eqns
     )
     return FlatJaxpr(flat.inputs, flat.outputs, eqns, flat.shapes, flat.dtypes)
 
@@ -316,7 +316,9 @@ def _norm_scopes(flat: FlatJaxpr, active: set[int]) -> set[str]:
     """Module scopes that normalise: they compute an rsqrt and hold no conv or dense product."""
     with_rsqrt = {e.scope for e in flat.eqns if e.primitive.name == "rsqrt" and e.scope}
     with_products = {
-        e.scope for e in flat.eqns if e.primitive.name in ("conv_general_dilated", "dot_general") and _is_active(e, active)
+        e.scope
+        for e in flat.eqns
+        if e.primitive.name in ("conv_general_dilated", "dot_general") and _is_active(e, active)
     }
     return with_rsqrt - with_products
 
@@ -479,12 +481,14 @@ def _receptive_fields(flat: FlatJaxpr, active: set[int], image: int) -> dict[int
     fields: dict[int, ReceptiveField] = {}
     for vid, ax in axes.items():
         if len(ax) == 2:
-            (a, (sh, jh, th)), (b, (sw, jw, tw)) = sorted(ax.items())
+            (_, (sh, jh, th)), (_, (sw, jw, tw)) = sorted(ax.items())
             fields[vid] = ReceptiveField((int(sh), int(sw)), (int(jh), int(jw)), (th, tw))
     return fields
 
 
-def _window(field: tuple[float, float, float], k: int, dilation: int, stride: int, pad_lo: int) -> tuple[float, float, float]:
+def _window(
+    field: tuple[float, float, float], k: int, dilation: int, stride: int, pad_lo: int
+) -> tuple[float, float, float]:
     size, jump, start = field
     extent = (k - 1) * dilation + 1
     return size + (extent - 1) * jump, jump * stride, start + ((extent - 1) / 2 - pad_lo) * jump
@@ -504,13 +508,19 @@ def _propagate(flat: FlatJaxpr, eqn: Eqn, active: set[int], axes: dict[int, _Axe
             if lhs_axis not in first:
                 return GLOBAL
             k = kernel[dn.rhs_spec[2 + i]]
-            result[out_axis] = _window(first[lhs_axis], k, p["rhs_dilation"][i], p["window_strides"][i], p["padding"][i][0])
+            result[out_axis] = _window(
+                first[lhs_axis], k, p["rhs_dilation"][i], p["window_strides"][i], p["padding"][i][0]
+            )
         return result
     if name.startswith("reduce_window"):
         result = {}
         for axis, field_ in first.items():
             result[axis] = _window(
-                field_, p["window_dimensions"][axis], p["window_dilation"][axis], p["window_strides"][axis], p["padding"][axis][0]
+                field_,
+                p["window_dimensions"][axis],
+                p["window_dilation"][axis],
+                p["window_strides"][axis],
+                p["padding"][axis][0],
             )
         return result
     if name == "broadcast_in_dim":

@@ -30,7 +30,13 @@ from reportgen.errors import UserError
 from reportgen.model.graph import Graph, build_graph, strip_scope_root, trace
 
 Tree = dict[str, Any]
-INFERENCE_FLAGS = {"train": False, "training": False, "is_training": False, "deterministic": True, "use_running_average": True}
+INFERENCE_FLAGS = {
+    "train": False,
+    "training": False,
+    "is_training": False,
+    "deterministic": True,
+    "use_running_average": True,
+}
 
 
 @dataclass(frozen=True)
@@ -149,7 +155,10 @@ def build_module(obj: Any, kwargs: Mapping[str, Any], spec: str) -> nn.Module | 
         raise
     except TypeError as e:
         raise UserError(f"constructing {spec} failed: {e}; set its arguments under model_kwargs in the config") from e
-    return linen[0] if linen else abstract
+    if linen:
+        return linen[0]
+    assert abstract is not None
+    return abstract
 
 
 def _input_shape(module: Any, given: tuple[int, ...] | None) -> tuple[int, int, int]:
@@ -184,7 +193,9 @@ def resolve_checkpoint(path: Path, step: int | None) -> tuple[Path, int | None]:
         return _item_in(path / str(chosen)), chosen
     if step is None and any(p.is_dir() and _is_item(p) for p in path.iterdir()):
         return _item_in(path), None
-    raise UserError(f"{path} is not an orbax checkpoint (no _METADATA or numbered step folders); pass the folder orbax wrote")
+    raise UserError(
+        f"{path} is not an orbax checkpoint (no _METADATA or numbered step folders); pass the folder orbax wrote"
+    )
 
 
 def _is_item(path: Path) -> bool:
@@ -294,7 +305,9 @@ def _locate(saved: Tree, target: Tree) -> Tree:
 
 def _is_bookkeeping(key: str, value: Any) -> bool:
     """Train-state entries that are not model variables."""
-    return key in {"step", "opt_state", "tx", "apply_fn", "rng", "rngs", "dropout_rng", "epoch"} or not isinstance(value, Mapping)
+    return key in {"step", "opt_state", "tx", "apply_fn", "rng", "rngs", "dropout_rng", "epoch"} or not isinstance(
+        value, Mapping
+    )
 
 
 def match_variables(saved: Tree, target: Tree, ignored: set[tuple[str, ...]], where: str) -> Tree:
@@ -306,7 +319,8 @@ def match_variables(saved: Tree, target: Tree, ignored: set[tuple[str, ...]], wh
     wrong = sorted(
         p
         for p in want
-        if p in have and (tuple(np.shape(have[p])) != tuple(want[p].shape) or np.asarray(have[p]).dtype != want[p].dtype)
+        if p in have
+        and (tuple(np.shape(have[p])) != tuple(want[p].shape) or np.asarray(have[p]).dtype != want[p].dtype)
     )
     if missing or unexpected or wrong:
 
@@ -324,8 +338,10 @@ def match_variables(saved: Tree, target: Tree, ignored: set[tuple[str, ...]], wh
                 listing(
                     "mismatched",
                     wrong,
-                    lambda p: f"{'/'.join(p)}: checkpoint {np.asarray(have[p]).dtype}{tuple(np.shape(have[p]))}"
-                    f" vs model {want[p].dtype}{tuple(want[p].shape)}",
+                    lambda p: (
+                        f"{'/'.join(p)}: checkpoint {np.asarray(have[p]).dtype}{tuple(np.shape(have[p]))}"
+                        f" vs model {want[p].dtype}{tuple(want[p].shape)}"
+                    ),
                 )
             )
         raise UserError(
@@ -347,7 +363,9 @@ def _inference_kwargs(module: nn.Module, overrides: Mapping[str, Any]) -> dict[s
     return kwargs
 
 
-def _linen(module: nn.Module, shape: tuple[int, int, int], apply_kwargs: Mapping[str, Any]) -> tuple[Callable[..., Any], Tree]:
+def _linen(
+    module: nn.Module, shape: tuple[int, int, int], apply_kwargs: Mapping[str, Any]
+) -> tuple[Callable[..., Any], Tree]:
     kwargs = _inference_kwargs(module, apply_kwargs)
 
     def init() -> Any:
@@ -376,9 +394,11 @@ def _concrete(leaf: Any) -> Any:
     return jnp.zeros(leaf.shape, leaf.dtype)
 
 
-def _nnx(abstract: nnx.Module) -> tuple[Callable[..., Any], Tree, set[tuple[str, ...]], Callable[[], contextlib.AbstractContextManager[None]]]:
+def _nnx(
+    abstract: nnx.Module,
+) -> tuple[Callable[..., Any], Tree, set[tuple[str, ...]], Callable[[], contextlib.AbstractContextManager[None]]]:
     abstract.eval()
-    graphdef, trained, rest = nnx.split(abstract, (nnx.Param, nnx.BatchStat), ...)
+    graphdef, trained, rest = nnx.split(abstract, (nnx.Param, nnx.BatchStat), ...)  # type: ignore[misc]
     template = nnx.to_pure_dict(trained)
     rest = jax.tree.map(_concrete, rest)
     ignored = set(_flat(nnx.to_pure_dict(rest)))
@@ -441,7 +461,10 @@ def _named_scopes(model: nnx.Module, scopes: dict[int, str]) -> Iterator[None]:
 
 def leaf_paths(tree: Any) -> list[str]:
     """Slash-separated key path of every leaf, in tree order."""
-    return ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    return [
+        "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
 
 
 def load_model(
