@@ -10,18 +10,39 @@ Images are float arrays (N, H, W, C) in the model's input space; results are num
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from reportgen.analyses import cam
+from reportgen.analyses import occlusion as occlusion_methods
+from reportgen.analyses import saliency as saliency_methods
 from reportgen.compute import map_examples
 from reportgen.model.engine import Engine
 from reportgen.model.graph import Layer
 from reportgen.model.load import LoadedModel, load_model
 
-__all__ = ["LoadedModel", "activations", "layer_info", "load_model", "predict"]
+__all__ = [
+    "LoadedModel",
+    "activations",
+    "deconvnet",
+    "grad_cam",
+    "grad_cam_pp",
+    "gradient_x_input",
+    "guided_backprop",
+    "integrated_gradients",
+    "layer_cam",
+    "layer_info",
+    "load_model",
+    "occlusion",
+    "predict",
+    "saliency",
+    "score_cam",
+    "smoothgrad",
+]
 
 
 def _images(model: LoadedModel, images: np.ndarray) -> np.ndarray:
@@ -55,3 +76,199 @@ def activations(
         return engine.layer_outputs(variables, image, names)
 
     return map_examples(per_example, (model.variables,), _images(model, images), chunk=chunk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attribution: raw, signed, un-normalised maps for (N, H, W, C) images in the model's input space.
+
+_FUNCTIONS: dict[tuple[Any, ...], tuple[Any, Callable[..., Any]]] = {}
+
+
+def _batched(
+    model: LoadedModel, name: str, options: tuple[Any, ...], build: Callable[[Engine], Callable[..., Any]]
+) -> Callable[..., Any]:
+    """The per-example function for a method and options, built once per model so it compiles once."""
+    key = (id(model.graph), name, options)
+    cached = _FUNCTIONS.get(key)
+    if cached is None or cached[0] is not model.graph:
+        cached = (model.graph, build(Engine(model.graph)))
+        _FUNCTIONS[key] = cached
+    return cached[1]
+
+
+def _targets(images: np.ndarray, targets: Sequence[int] | np.ndarray | None) -> np.ndarray:
+    if targets is None:
+        return np.full(len(images), -1, np.int32)
+    array = np.asarray(targets, np.int32).reshape(-1)
+    if array.shape != (len(images),):
+        raise ValueError(f"targets must have one class index per image ({len(images)}); got shape {array.shape}")
+    return array
+
+
+def _keys(n: int, seed: int) -> np.ndarray:
+    return np.asarray(jax.random.key_data(jax.random.split(jax.random.key(seed), n)))
+
+
+def _gradient_method(model: LoadedModel, images: np.ndarray, targets: Any, name: str, chunk: int) -> np.ndarray:
+    method = getattr(saliency_methods, name)
+    fn = _batched(model, name, (), lambda e: lambda v, x, t: method(e, v, x, t))
+    x = _images(model, images)
+    return map_examples(fn, (model.variables,), x, _targets(x, targets), chunk=chunk)
+
+
+def saliency(model: LoadedModel, images: np.ndarray, targets: Any = None, *, chunk: int = 32) -> np.ndarray:
+    """d logit[target] / d image, (N, H, W, C). Simonyan, Vedaldi & Zisserman 2013,
+    "Deep Inside Convolutional Networks". Targets default to the predicted class."""
+    return _gradient_method(model, images, targets, "saliency", chunk)
+
+
+def guided_backprop(model: LoadedModel, images: np.ndarray, targets: Any = None, *, chunk: int = 32) -> np.ndarray:
+    """Guided backpropagation, (N, H, W, C). Springenberg et al. 2014, "Striving for Simplicity"."""
+    return _gradient_method(model, images, targets, "guided_backprop", chunk)
+
+
+def deconvnet(model: LoadedModel, images: np.ndarray, targets: Any = None, *, chunk: int = 32) -> np.ndarray:
+    """Deconvnet backward pass, (N, H, W, C). Zeiler & Fergus 2014, "Visualizing and Understanding CNNs"."""
+    return _gradient_method(model, images, targets, "deconvnet", chunk)
+
+
+def gradient_x_input(model: LoadedModel, images: np.ndarray, targets: Any = None, *, chunk: int = 32) -> np.ndarray:
+    """Gradient times input, (N, H, W, C). Shrikumar et al. 2016, "Not Just a Black Box"."""
+    return _gradient_method(model, images, targets, "gradient_x_input", chunk)
+
+
+def smoothgrad(
+    model: LoadedModel,
+    images: np.ndarray,
+    targets: Any = None,
+    *,
+    samples: int = 16,
+    noise: float = 0.15,
+    seed: int = 0,
+    chunk: int = 32,
+) -> np.ndarray:
+    """Mean gradient over `samples` copies with Gaussian noise of std `noise` × the image's value
+    range, (N, H, W, C). Smilkov et al. 2017, "SmoothGrad"."""
+
+    def build(e: Engine) -> Callable[..., Any]:
+        return lambda v, x, t, k: saliency_methods.smoothgrad(e, v, x, t, jax.random.wrap_key_data(k), samples, noise)
+
+    fn = _batched(model, "smoothgrad", (samples, noise), build)
+    x = _images(model, images)
+    return map_examples(fn, (model.variables,), x, _targets(x, targets), _keys(len(x), seed), chunk=chunk)
+
+
+def integrated_gradients(
+    model: LoadedModel,
+    images: np.ndarray,
+    targets: Any = None,
+    *,
+    steps: int = 32,
+    baseline: str | np.ndarray = "black",
+    rule: str = "gauss-legendre",
+    seed: int = 0,
+    chunk: int = 32,
+) -> np.ndarray:
+    """Integrated Gradients, (N, H, W, C); sums to f(x) − f(baseline) for the target logit.
+
+    `baseline`: "black" (zeros in the model's input space), "blurred", "uniform" (noise over the
+    image's value range) or an array of the input shape. `rule`: "riemann", "trapezoid" or
+    "gauss-legendre". Sundararajan, Taly & Yan 2017, "Axiomatic Attribution for Deep Networks".
+    """
+    x = _images(model, images)
+    if isinstance(baseline, str):
+        kind = baseline
+        zeros = np.zeros(model.input_shape, np.float32)
+
+        def build(e: Engine) -> Callable[..., Any]:
+            def per_example(v: Any, image: jax.Array, t: jax.Array, k: jax.Array) -> jax.Array:
+                start = saliency_methods.baseline(image, kind, jax.random.wrap_key_data(k), zeros)
+                return saliency_methods.integrated_gradients(e, v, image, t, start, steps, rule)
+
+            return per_example
+
+        fn = _batched(model, "integrated_gradients", (steps, kind, rule), build)
+        return map_examples(fn, (model.variables,), x, _targets(x, targets), _keys(len(x), seed), chunk=chunk)
+    starts = np.broadcast_to(np.asarray(baseline, np.float32), x.shape)
+
+    def build_array(e: Engine) -> Callable[..., Any]:
+        return lambda v, image, t, start: saliency_methods.integrated_gradients(e, v, image, t, start, steps, rule)
+
+    fn = _batched(model, "integrated_gradients_array", (steps, rule), build_array)
+    return map_examples(fn, (model.variables,), x, _targets(x, targets), np.ascontiguousarray(starts), chunk=chunk)
+
+
+def _cam_method(
+    model: LoadedModel, images: np.ndarray, targets: Any, layer: str, upsample: bool, chunk: int, name: str
+) -> np.ndarray:
+    if not model.graph.layer(layer).is_spatial:
+        raise ValueError(f"layer {layer!r} has no spatial output; CAMs need a conv or pooling layer")
+    x = _images(model, images)
+    zeros = np.zeros(model.input_shape, np.float32)
+
+    def build(e: Engine) -> Callable[..., Any]:
+        def per_example(v: Any, image: jax.Array, t: jax.Array) -> jax.Array:
+            shared = saliency_methods.shared_pass(e, v, image, t, [layer])
+            activation, gradient = shared.activations[layer], shared.gradients[layer]
+            if name == "score_cam":
+                result = cam.score_cam(e, v, image, shared.target, activation, jnp.asarray(zeros))
+            else:
+                result = getattr(cam, name)(activation, gradient)
+            return cam.upsample(result, image.shape[:2]) if upsample else result
+
+        return per_example
+
+    fn = _batched(model, name, (layer, upsample), build)
+    return map_examples(fn, (model.variables,), x, _targets(x, targets), chunk=chunk)
+
+
+def grad_cam(
+    model: LoadedModel, images: np.ndarray, targets: Any = None, *, layer: str, upsample: bool = False, chunk: int = 32
+) -> np.ndarray:
+    """Grad-CAM at `layer`, (N, h, w), or (N, H, W) with `upsample=True`.
+    Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks"."""
+    return _cam_method(model, images, targets, layer, upsample, chunk, "grad_cam")
+
+
+def grad_cam_pp(
+    model: LoadedModel, images: np.ndarray, targets: Any = None, *, layer: str, upsample: bool = False, chunk: int = 32
+) -> np.ndarray:
+    """Grad-CAM++ at `layer`. Chattopadhyay et al. 2018, "Grad-CAM++"."""
+    return _cam_method(model, images, targets, layer, upsample, chunk, "grad_cam_pp")
+
+
+def layer_cam(
+    model: LoadedModel, images: np.ndarray, targets: Any = None, *, layer: str, upsample: bool = False, chunk: int = 32
+) -> np.ndarray:
+    """Layer-CAM at `layer`. Jiang et al. 2021, "LayerCAM"."""
+    return _cam_method(model, images, targets, layer, upsample, chunk, "layer_cam")
+
+
+def score_cam(
+    model: LoadedModel, images: np.ndarray, targets: Any = None, *, layer: str, upsample: bool = False, chunk: int = 8
+) -> np.ndarray:
+    """Score-CAM at `layer` (one forward pass per channel; masks blend towards zeros).
+    Wang et al. 2020, "Score-CAM"."""
+    return _cam_method(model, images, targets, layer, upsample, chunk, "score_cam")
+
+
+def occlusion(
+    model: LoadedModel,
+    images: np.ndarray,
+    targets: Any = None,
+    *,
+    window: int = 8,
+    stride: int = 4,
+    baseline: float = 0.0,
+    chunk: int = 8,
+) -> np.ndarray:
+    """Drop in the target class probability when a `window`-pixel square is set to `baseline`,
+    averaged over the windows covering each pixel, (N, H, W). Zeiler & Fergus 2014."""
+    x = _images(model, images)
+    masks = occlusion_methods.window_masks(model.input_shape[0], model.input_shape[1], window, stride)
+
+    def build(e: Engine) -> Callable[..., Any]:
+        return lambda v, image, t: occlusion_methods.occlusion(e, v, image, t, masks, jnp.float32(baseline))
+
+    fn = _batched(model, "occlusion", (window, stride, baseline), build)
+    return map_examples(fn, (model.variables,), x, _targets(x, targets), chunk=chunk)

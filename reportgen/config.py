@@ -15,12 +15,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reportgen.analyses.saliency import IG_BASELINES, IG_RULES
 from reportgen.errors import UserError
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "quick": {"activation_images": 2, "channel_images": 6, "channels_across": 8},
-    "standard": {"activation_images": 4, "channel_images": 10, "channels_across": 16},
-    "full": {"activation_images": 0, "channel_images": 0, "channels_across": 0},
+    "quick": {
+        "activation_images": 2,
+        "channel_images": 6,
+        "channels_across": 8,
+        "attribution_images": 8,
+        "sanity_images": 2,
+        "smoothgrad_samples": 8,
+        "ig_steps": 16,
+    },
+    "standard": {
+        "activation_images": 4,
+        "channel_images": 10,
+        "channels_across": 16,
+        "attribution_images": 43,
+        "sanity_images": 4,
+        "smoothgrad_samples": 16,
+        "ig_steps": 32,
+    },
+    "full": {
+        "activation_images": 0,
+        "channel_images": 0,
+        "channels_across": 0,
+        "attribution_images": 0,
+        "sanity_images": 8,
+        "smoothgrad_samples": 32,
+        "ig_steps": 64,
+    },
 }
 """Per-profile defaults; 0 means "all"."""
 
@@ -54,6 +79,18 @@ class Settings:
     channel_images: int = 10  # probe images shown for each channel across images (0: all)
     channels_across: int = 16  # channels shown across images per layer (0: all)
     rare_fraction: float = 0.05  # a filter firing on fewer probe images than this is "rare"
+    attribution_images: int = 43  # probe images explained by every attribution method (0: all)
+    attribution_target: str = "predicted"  # "predicted", "label" or a class index
+    sanity_images: int = 4  # images of the cascading randomisation check
+    sanity_threshold: float = 0.5  # flag a method whose maps keep this rank correlation
+    smoothgrad_samples: int = 16
+    smoothgrad_noise: float = 0.15  # noise std as a fraction of the image's value range
+    ig_steps: int = 32
+    ig_baseline: str = "black"  # "black", "blurred" or "uniform"
+    ig_rule: str = "gauss-legendre"  # "riemann", "trapezoid" or "gauss-legendre"
+    occlusion_window: int = 8
+    occlusion_stride: int = 4
+    faithfulness_steps: int = 16
     chunk_size: int = 32
     size_budget_mb: float = 25.0
     external_figures: bool = False  # link figures/*.png instead of embedding them
@@ -122,12 +159,35 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise UserError(f"{name} must be a table of keyword arguments")
         return dict(value)
-    counts = ("activation_images", "channel_images", "channels_across", "chunk_size", "seed")
+    counts = (
+        "activation_images",
+        "channel_images",
+        "channels_across",
+        "chunk_size",
+        "seed",
+        "attribution_images",
+        "sanity_images",
+        "smoothgrad_samples",
+        "ig_steps",
+        "occlusion_window",
+        "occlusion_stride",
+        "faithfulness_steps",
+    )
     if name in counts and value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         raise UserError(f"{name} must be a non-negative integer, not {value!r}")
-    if name == "chunk_size" and value == 0:
-        raise UserError("chunk_size must be at least 1")
-    if name in ("rare_fraction", "size_budget_mb"):
+    positive = ("chunk_size", "smoothgrad_samples", "occlusion_window", "occlusion_stride", "faithfulness_steps")
+    if name in positive and value == 0:
+        raise UserError(f"{name} must be at least 1")
+    if name == "ig_steps" and value < 2:
+        raise UserError("ig_steps must be at least 2")
+    choices = {"ig_baseline": IG_BASELINES, "ig_rule": IG_RULES}
+    if name in choices and value not in choices[name]:
+        raise UserError(f"{name} {value!r} is unknown; choose one of {', '.join(choices[name])}")
+    if name == "attribution_target" and value not in ("predicted", "label") and not str(value).isdigit():
+        raise UserError(f"attribution_target {value!r} must be 'predicted', 'label' or a class index")
+    if name == "attribution_target":
+        return str(value)
+    if name in ("rare_fraction", "size_budget_mb", "smoothgrad_noise", "sanity_threshold"):
         try:
             value = float(value)
         except (TypeError, ValueError) as e:

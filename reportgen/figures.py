@@ -163,3 +163,77 @@ def filter_norm_chart(kernel: np.ndarray) -> bytes:
         ax.bar(np.arange(len(norms)), norms, width=1.0, color="#6b5ea8")
         ax.set(title="Weight norm per filter", xlabel="filter", ylabel="L2 norm")
         return _save(fig)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, signed: bool) -> np.ndarray:
+    """A (H, W) map over the grayscale image: inferno from 0 to the map's maximum, or for signed maps
+    red (for the class) and blue (against) scaled by the largest magnitude."""
+    gray = to_rgb(image[None])[0].mean(axis=-1, keepdims=True)
+    heat = np.nan_to_num(heat.astype(np.float32))
+    if signed:
+        bound = np.abs(heat).max() or 1.0
+        colour = colormaps["RdBu_r"](0.5 + 0.5 * heat / bound)[..., :3]
+        weight = np.abs(heat / bound)[..., None] * 0.75
+    else:
+        top = heat.max()
+        scaled = np.clip(heat / top, 0, 1) if top > 0 else np.zeros_like(heat)
+        colour = colormaps["inferno"](scaled)[..., :3]
+        weight = np.full((*heat.shape, 1), 0.7, np.float32)
+    return (1 - weight) * gray + weight * colour
+
+
+def attribution_tile(image: np.ndarray, heat: np.ndarray, signed: bool, zoom: int = 2) -> bytes:
+    """One method's map on one image."""
+    if heat.shape != image.shape[:2]:
+        heat = _resize_bilinear(heat, image.shape[:2])
+    return png(grid(overlay(image, heat, signed)[None], 1, zoom, gap=0))
+
+
+def _resize_bilinear(heat: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    height, width = int(size[0]), int(size[1])
+    resized = Image.fromarray(heat.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(resized)
+
+
+def cam_row(images: np.ndarray, cams: np.ndarray, columns: int = 10) -> bytes:
+    """Grad-CAM maps of one layer over their images, one tile per image."""
+    tiles = np.stack(
+        [overlay(img, _resize_bilinear(c, img.shape[:2]), signed=False) for img, c in zip(images, cams, strict=True)]
+    )
+    return png(grid(tiles, columns, zoom_for(images.shape[1], 64), gap=2))
+
+
+def faithfulness_chart(titles: Sequence[str], deletion: np.ndarray, insertion: np.ndarray) -> bytes:
+    """Mean deletion and insertion curves (methods × steps) side by side."""
+    x = np.linspace(0, 1, deletion.shape[1])
+    with matplotlib.rc_context(CHART_RC):
+        fig = Figure(figsize=(9.5, 3.4), layout="constrained")
+        left, right = fig.subplots(1, 2, sharey=True)
+        styles = ["-", "--", ":", "-."]
+        for k, title in enumerate(titles):
+            style = styles[k // 10 % len(styles)]
+            left.plot(x, deletion[k], style, label=title, lw=1.3)
+            right.plot(x, insertion[k], style, label=title, lw=1.3)
+        left.set(title="Deletion (lower is better)", xlabel="fraction of pixels removed", ylabel="class probability")
+        right.set(title="Insertion (higher is better)", xlabel="fraction of pixels revealed")
+        right.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+        return _save(fig)
+
+
+def sanity_chart(titles: Sequence[str], layers: Sequence[str], correlation: np.ndarray) -> bytes:
+    """Spearman correlation with the original maps as layers are randomised from the top down."""
+    with matplotlib.rc_context(CHART_RC):
+        fig = Figure(figsize=(9.5, 3.2), layout="constrained")
+        ax = fig.subplots()
+        styles = ["-", "--", ":", "-."]
+        for k, title in enumerate(titles):
+            ax.plot(range(len(layers)), correlation[k], styles[k // 10 % len(styles)], marker="o", ms=3, label=title)
+        ax.set_xticks(range(len(layers)), [f"+{name}" for name in layers], rotation=30, ha="right")
+        ax.axhline(0, color="#888888", lw=0.8)
+        ax.set(
+            title="Cascading randomisation: rank correlation with the original maps",
+            ylabel="Spearman",
+            ylim=(min(-0.3, float(correlation.min()) - 0.05), 1.05),
+        )
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+        return _save(fig)

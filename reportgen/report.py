@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reportgen import figures
-from reportgen.analyses import activations, predictions
+from reportgen import attribution, figures
+from reportgen.analyses import activations, methods, predictions
 from reportgen.analyses.activations import LayerStatistics
 from reportgen.compute import enable_compilation_cache, map_examples
 from reportgen.config import Settings, as_dict
@@ -41,12 +41,15 @@ from reportgen.progress import Progress
 from reportgen.render import render
 from reportgen.views import (
     ArchitectureRow,
+    AttributionRow,
+    AttributionView,
     Fact,
     FigureView,
     FilterRow,
     FindingView,
     Guess,
     LayerView,
+    MethodScore,
     PredictionView,
     ReportView,
 )
@@ -216,6 +219,8 @@ def _layer_view(
     shown_names: list[str],
     settings: Settings,
     store: FigureStore,
+    attributed: attribution.AttributionResult,
+    display_images: np.ndarray,
 ) -> LayerView:
     section = layer_id(index, layer)
     prefix = f"{index + 1:02d}-{slug(layer.name)}"
@@ -272,6 +277,17 @@ def _layer_view(
                 f"{len(picked)} most active channels, in order: {', '.join(map(str, picked))}.",
             )
         )
+    if layer.name in attributed.layer_cams:
+        n = min(10, len(display_images))
+        figs.append(
+            store.add(
+                f"{prefix}-grad-cam.png",
+                figures.cam_row(display_images[:n], attributed.layer_cams[layer.name][:n]),
+                f"Grad-CAM at {layer.name}",
+                f"Grad-CAM at this layer for the explained class of the first {n} attribution images "
+                "(inferno scale: dark is no evidence, yellow the map's strongest evidence).",
+            )
+        )
     figs.append(
         store.add(
             f"{prefix}-statistics.png",
@@ -310,6 +326,90 @@ def _prediction_view(
     image = store.add(f"{prefix}-{i + 1:04d}.png", figures.thumbnail(probe.images[i]), probe.names[i], "")
     top = tuple(Guess(classes[int(k)], f"{p:.1%}") for k, p in zip(pred.top_classes[i], pred.top_probs[i], strict=True))
     return PredictionView(image, probe.names[i], classes[label] if label >= 0 else "—", verdict, top)
+
+
+def rounded_tree(value: Any) -> Any:
+    """`rounded` applied through dicts and lists."""
+    if isinstance(value, dict):
+        return {k: rounded_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [rounded_tree(v) for v in value]
+    return rounded(value)
+
+
+def attribution_findings(summary: Mapping[str, Any]) -> list[Finding]:
+    """A warning for each method whose maps survive randomising every layer."""
+    return [
+        Finding(
+            "warning",
+            "sanity-check",
+            f"{methods.TITLES[name]} maps barely change when every layer's weights are randomised"
+            f" (Spearman {scores['sanity_final']:.2f}): they do not show what this model learned",
+            "attribution",
+        )
+        for name, scores in summary["methods"].items()
+        if scores["flagged"]
+    ]
+
+
+def _attribution_view(
+    result: attribution.AttributionResult,
+    summary: Mapping[str, Any],
+    probe: ProbeSet,
+    classes: list[str],
+    store: FigureStore,
+) -> AttributionView:
+    titles = tuple(methods.TITLES[m] for m in methods.METHODS)
+    rows = []
+    for k, i in enumerate(result.indices.tolist()):
+        image = probe.images[i]
+        tiles = tuple(
+            store.add(
+                f"attribution-{k + 1:03d}-{m.replace('_', '-')}.png",
+                figures.attribution_tile(image, result.maps[m][k], m in methods.SIGNED),
+                f"{methods.TITLES[m]} on {probe.names[i]}",
+            )
+            for m in methods.METHODS
+        )
+        picture = store.add(f"attribution-{k + 1:03d}-image.png", figures.thumbnail(image, zoom=2), probe.names[i])
+        rows.append(AttributionRow(picture, probe.names[i], classes[int(result.targets[k])], tiles))
+    scores = tuple(
+        MethodScore(
+            methods.TITLES[m],
+            f"{summary['methods'][m]['deletion_auc']:.3f}",
+            f"{summary['methods'][m]['insertion_auc']:.3f}",
+            f"{summary['methods'][m]['sanity_final']:.2f}",
+            "survives randomisation" if summary["methods"][m]["flagged"] else "",
+        )
+        for m in methods.METHODS
+    )
+    curves = store.add(
+        "attribution-faithfulness.png",
+        figures.faithfulness_chart(
+            titles,
+            np.stack([summary["methods"][m]["deletion_curve"] for m in methods.METHODS]),
+            np.stack([summary["methods"][m]["insertion_curve"] for m in methods.METHODS]),
+        ),
+        "deletion and insertion curves",
+        "Mean class probability as the most important pixels are removed (left, turned black) or revealed"
+        " on a blurred copy (right).",
+    )
+    sanity_figure = store.add(
+        "attribution-sanity.png",
+        figures.sanity_chart(titles, result.sanity_layers, result.sanity),
+        "cascading randomisation",
+        f"Each step re-initialises one more layer, from the top down, on {result.sanity_images} images;"
+        " a faithful method's correlation falls towards 0.",
+    )
+    s = summary["settings"]
+    notes = (
+        f"CAM methods use layer {result.cam_layer}; each conv and pooling layer's section shows Grad-CAM there.",
+        f"SmoothGrad: {s['smoothgrad_samples']} samples, noise {s['smoothgrad_noise']:g} of the value range."
+        f" Integrated Gradients: {s['ig_steps']} steps, {s['ig_rule']} rule, {s['ig_baseline']} baseline."
+        f" Occlusion: {s['occlusion_window']}-pixel window, stride {s['occlusion_stride']}, black fill.",
+        f"Explained class: {s['attribution_target']}.",
+    )
+    return AttributionView(titles, tuple(rows), scores, curves, sanity_figure, notes)
 
 
 def _versions() -> dict[str, str]:
@@ -360,7 +460,19 @@ def build(settings: Settings, command: str = "", progress: Progress | None = Non
     shown = display_indices(probe.labels, max(settings.activation_images, settings.channel_images))
     maps = _maps(engine, model, inputs[shown], spatial, settings.chunk_size, progress)
 
-    progress.start("figures", len(layers) + 1)
+    black = to_model(np.zeros((1, *model.input_shape), np.float32), settings.preprocess)[0]
+    attributed = attribution.run(
+        engine,
+        model,
+        inputs,
+        probe.labels,
+        display_indices(probe.labels, settings.attribution_images),
+        black,
+        settings,
+        progress,
+    )
+
+    progress.start("figures", len(layers) + 2)
     pred = predictions.summarize(probs, probe.labels)
     layer_stats = {layer.name: activations.summarize(stats[layer.name], settings.rare_fraction) for layer in layers}
     found: list[Finding] = input_findings(probe.warnings, int((~finite).sum()))
@@ -377,7 +489,17 @@ def build(settings: Settings, command: str = "", progress: Progress | None = Non
     for i, layer in enumerate(layers):
         layer_views.append(
             _layer_view(
-                i, layer, layer_stats[layer.name], model, maps, probe.images[shown], shown_names, settings, store
+                i,
+                layer,
+                layer_stats[layer.name],
+                model,
+                maps,
+                probe.images[shown],
+                shown_names,
+                settings,
+                store,
+                attributed,
+                probe.images[attributed.indices],
             )
         )
         progress.advance()
@@ -394,11 +516,20 @@ def build(settings: Settings, command: str = "", progress: Progress | None = Non
         else None
     )
     progress.advance()
+    attribution_json = attribution.to_json(
+        attributed, list(probe.names), classes, settings.sanity_threshold, as_dict(settings)
+    )
+    found = ordered([*found, *attribution_findings(attribution_json)])
+    attribution_view = _attribution_view(attributed, attribution_json, probe, classes, store)
+    progress.advance()
     progress.finish()
 
     timings = dict(progress.timings)
     data = report_data(settings, command, model, probe, classes, pred, layer_stats, found, timings)
-    view = _report_view(settings, model, probe, pred, found, layer_views, prediction_views, wrong, confusion, data)
+    data["attribution"] = rounded_tree({k: v for k, v in attribution_json.items() if k != "settings"})
+    view = _report_view(
+        settings, model, probe, pred, found, layer_views, prediction_views, wrong, confusion, attribution_view, data
+    )
     progress.start("write report")
     html = render(view)
     warnings = list(probe.warnings)
@@ -516,6 +647,7 @@ def _report_view(
     prediction_views: tuple[PredictionView, ...],
     wrong: tuple[PredictionView, ...],
     confusion: FigureView | None,
+    attribution_view: AttributionView,
     data: Mapping[str, Any],
 ) -> ReportView:
     ck = model.checkpoint
@@ -567,6 +699,7 @@ def _report_view(
         predictions=prediction_views,
         confusion=confusion,
         misclassified=wrong,
+        attribution=attribution_view,
         layers=tuple(layer_views),
         provenance=provenance,
         timings=timings,

@@ -88,6 +88,39 @@ class LayerView:
 
 
 @dataclass(frozen=True)
+class MethodScore:
+    """Faithfulness and sanity of one attribution method."""
+
+    title: str
+    deletion: str
+    insertion: str
+    sanity: str
+    verdict: str  # "" or a warning
+
+
+@dataclass(frozen=True)
+class AttributionRow:
+    """One probe image with every method's map."""
+
+    image: FigureView
+    name: str
+    target: str
+    tiles: tuple[FigureView, ...]
+
+
+@dataclass(frozen=True)
+class AttributionView:
+    """The Attribution section."""
+
+    methods: tuple[str, ...]
+    rows: tuple[AttributionRow, ...]
+    scores: tuple[MethodScore, ...]
+    curves: FigureView
+    sanity: FigureView
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ReportView:
     """Everything the report template shows."""
 
@@ -100,6 +133,7 @@ class ReportView:
     predictions: tuple[PredictionView, ...]
     confusion: FigureView | None
     misclassified: tuple[PredictionView, ...]
+    attribution: AttributionView
     layers: tuple[LayerView, ...]
     provenance: tuple[Fact, ...]
     timings: tuple[Fact, ...]

@@ -60,7 +60,8 @@ def test_gradients_match_finite_differences(model: LoadedModel) -> None:
         assert logits is not None
         return logits[1] - 0.5 * logits[0]
 
-    _, _, grads, grad_x = engine.gradients(model.variables, x, [layer], objective)
+    result = engine.gradients(model.variables, x, [layer], objective)
+    grads, grad_x = result.layer_grads, result.image_grad
     from reportgen.model.engine import evaluate
 
     leaves = jax.tree.leaves(model.variables)
@@ -118,8 +119,10 @@ def sign_split(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 )
 def test_relu_backward_rules_by_hand(sign_split: LoadedModel, rule: str, expected) -> None:
     x = np.asarray([[[1.5], [-2.0]], [[0.5], [-0.25]]], np.float32)
-    _, _, _, grad_x = Engine(sign_split.graph).gradients(
-        sign_split.variables, jnp.asarray(x), [], lambda logits, _: logits[0], relu=rule
+    grad_x = (
+        Engine(sign_split.graph)
+        .gradients(sign_split.variables, jnp.asarray(x), [], lambda logits, _: logits[0], relu=rule)
+        .image_grad
     )
     np.testing.assert_allclose(grad_x, expected(x), atol=1e-7)
 
@@ -129,7 +132,9 @@ def test_rules_on_the_negated_objective(sign_split: LoadedModel) -> None:
     x = np.asarray([[[1.5], [-2.0]], [[0.5], [-0.25]]], np.float32)
     engine = Engine(sign_split.graph)
     grads = {
-        rule: np.asarray(engine.gradients(sign_split.variables, jnp.asarray(x), [], lambda lg, _: -lg[0], relu=rule)[3])
+        rule: np.asarray(
+            engine.gradients(sign_split.variables, jnp.asarray(x), [], lambda lg, _: -lg[0], relu=rule).image_grad
+        )
         for rule in ("standard", "guided", "deconvnet")
     }
     np.testing.assert_allclose(grads["standard"], -0.25)

@@ -99,3 +99,25 @@ def make_tiny_linen() -> TinyLinen:
 def init_linen(module: nn.Module, seed: int = 0) -> dict:
     """Real variables for a Linen test model."""
     return module.init(jax.random.key(seed), jnp.zeros((1, *module.input_shape)))
+
+
+class LinearConv(nn.Module):
+    """A linear model: 1x1 conv (no activation), flatten, dense. logits = x · W_eff + b."""
+
+    input_shape = (6, 6, 3)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.Conv(2, (1, 1), name="mix")(x)
+        return nn.Dense(3, name="out")(x.reshape((x.shape[0], -1)))
+
+
+class ConvGap(nn.Module):
+    """conv + relu, global average pooling, dense: Grad-CAM has a closed form."""
+
+    input_shape = (6, 6, 3)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+        return nn.Dense(3, name="out")(x.mean(axis=(1, 2)))

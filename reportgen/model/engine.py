@@ -10,7 +10,7 @@ ordinary JAX, so it composes with jit, vmap and grad.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +114,16 @@ def evaluate(
     return [env[t] for t in targets]
 
 
+class Gradients(NamedTuple):
+    """Result of `Engine.gradients`."""
+
+    value: jax.Array  # the objective
+    outputs: dict[str, jax.Array]  # the named layers' outputs
+    layer_grads: dict[str, jax.Array]  # d objective / d each named layer output
+    image_grad: jax.Array  # d objective / d image
+    logits: jax.Array | None  # None when evaluation stopped before the logits
+
+
 class Engine:
     """Per-example functions of a model with taps on its layers; all compose with jit/vmap/grad.
 
@@ -154,11 +164,10 @@ class Engine:
         objective: Callable[[jax.Array | None, dict[str, jax.Array]], jax.Array],
         relu: ReluRule = "standard",
         needs_logits: bool = True,
-    ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array], jax.Array]:
+    ) -> Gradients:
         """Value and gradients of a scalar objective of the logits and the named layer outputs.
 
-        Returns (objective value, layer outputs, gradient w.r.t. each named layer output,
-        gradient w.r.t. the image). With `needs_logits=False` the logits passed to the objective
+        With `needs_logits=False` the logits passed to the objective
         are None and evaluation stops after the last named layer. `relu` swaps the ReLU backward
         rule ("guided" or "deconvnet").
         """
@@ -167,13 +176,14 @@ class Engine:
         targets = ([self._logits_var] if needs_logits else []) + layer_vars
         probe_shapes = {v: self.graph.flat.shapes[v] for v in layer_vars}
 
-        def run(probes: dict[int, jax.Array], x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        def run(probes: dict[int, jax.Array], x: jax.Array) -> tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]:
             values = evaluate(self.graph, leaves, x, targets, probes, relu)
             logits = values[0] if needs_logits else None
             outs = {n: v[0] for n, v in zip(names, values[-len(names) :] if names else [], strict=True)}
-            return objective(logits, outs), outs
+            return objective(logits, outs), (logits, outs)
 
         zeros = {v: jnp.zeros(s, self.graph.flat.dtypes[v]) for v, s in probe_shapes.items()}
-        (value, outs), (probe_grads, image_grad) = jax.value_and_grad(run, argnums=(0, 1), has_aux=True)(zeros, image)
+        grad_fn = jax.value_and_grad(run, argnums=(0, 1), has_aux=True)
+        (value, (logits, outs)), (probe_grads, image_grad) = grad_fn(zeros, image)
         layer_grads = {n: probe_grads[v][0] for n, v in zip(names, layer_vars, strict=True)}
-        return value, outs, layer_grads, image_grad
+        return Gradients(value, outs, layer_grads, image_grad, logits)

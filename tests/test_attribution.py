@@ -1,0 +1,153 @@
+"""Attribution methods against hand computations and invariants, and the sanity check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tiny_models
+from conftest import ROOT, SPEC, save
+
+from reportgen import api
+from reportgen.analyses import methods
+from reportgen.attribution import cascade_correlations
+from reportgen.model.load import LoadedModel
+
+
+def rand(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def linear(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoadedModel, np.ndarray, np.ndarray]:
+    """The linear model, and its effective weights W (6, 6, 3, K) and bias computed by hand."""
+    variables = tiny_models.init_linen(tiny_models.LinearConv(), seed=3)
+    p = jax.tree.map(np.asarray, variables["params"])
+    conv = p["mix"]["kernel"][0, 0]  # (3, 2)
+    dense = p["out"]["kernel"].reshape(6, 6, 2, 3)  # flatten order is (h, w, f)
+    weights = np.einsum("cf,hwfk->hwck", conv, dense)
+    ckpt = save(tmp_path_factory.mktemp("linear") / "ck", variables)
+    return api.load_model(f"{SPEC}:LinearConv", ckpt), weights, p
+
+
+def test_saliency_of_a_linear_model_is_its_weights(linear) -> None:
+    model, weights, _ = linear
+    x = rand((4, 6, 6, 3))
+    targets = np.array([0, 1, 2, 1])
+    got = api.saliency(model, x, targets)
+    np.testing.assert_allclose(got, np.moveaxis(weights[..., targets], -1, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(api.gradient_x_input(model, x, targets), got * x, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule", ["riemann", "trapezoid", "gauss-legendre"])
+def test_integrated_gradients_of_a_linear_model_is_exact(linear, rule: str) -> None:
+    model, weights, _ = linear
+    x = rand((3, 6, 6, 3), seed=1)
+    start = rand((6, 6, 3), seed=2)
+    targets = np.array([2, 0, 1])
+    got = api.integrated_gradients(model, x, targets, steps=5, baseline=start, rule=rule)
+    expected = (x - start) * np.moveaxis(weights[..., targets], -1, 0)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_smoothgrad_without_noise_is_saliency(linear) -> None:
+    model, _, _ = linear
+    x = rand((2, 6, 6, 3))
+    np.testing.assert_allclose(api.smoothgrad(model, x, noise=0.0, samples=4), api.saliency(model, x), rtol=1e-6)
+
+
+def test_occlusion_of_an_ignored_region_changes_nothing(tmp_path: Path) -> None:
+    variables = tiny_models.init_linen(tiny_models.LinearConv(), seed=4)
+    dense = np.array(variables["params"]["out"]["kernel"]).reshape(6, 6, 2, 3)
+    dense[:, 3:] = 0.0  # the model ignores the right half of the image
+    variables["params"]["out"]["kernel"] = jnp.asarray(dense.reshape(72, 3))
+    model = api.load_model(f"{SPEC}:LinearConv", save(tmp_path / "ck", variables))
+    heat = api.occlusion(model, rand((2, 6, 6, 3), seed=5), window=3, stride=3)
+    assert heat.shape == (2, 6, 6)
+    np.testing.assert_array_equal(heat[:, :, 3:], 0.0)
+    assert np.abs(heat[:, :, :3]).max() > 0
+
+
+@pytest.fixture(scope="module")
+def conv_gap(tmp_path_factory: pytest.TempPathFactory):
+    variables = tiny_models.init_linen(tiny_models.ConvGap(), seed=6)
+    ckpt = save(tmp_path_factory.mktemp("gap") / "ck", variables)
+    return api.load_model(f"{SPEC}:ConvGap", ckpt), jax.tree.map(np.asarray, variables["params"])
+
+
+def test_cams_on_conv_gap_dense_match_their_closed_forms(conv_gap) -> None:
+    model, p = conv_gap
+    x = rand((3, 6, 6, 3), seed=7)
+    targets = np.array([0, 2, 1])
+    acts = np.asarray(nn.relu(nn.Conv(4, (3, 3)).apply({"params": p["conv"]}, x)))  # (N, 6, 6, 4)
+    v = p["out"]["kernel"]  # (4, 3)
+    # d logit_k / d A_ijf = v[f, k] / 36 at every position.
+    g = v[:, targets].T / 36.0  # (N, 4)
+    expected_grad_cam = np.maximum(np.einsum("nhwf,nf->nhw", acts, g), 0)
+    np.testing.assert_allclose(api.grad_cam(model, x, targets, layer="conv"), expected_grad_cam, rtol=1e-4, atol=1e-6)
+    s = acts.sum(axis=(1, 2))  # Σ_ab A_ab per channel
+    alpha = g**2 / np.where(2 * g**2 + s * g**3 != 0, 2 * g**2 + s * g**3, 1)
+    w_pp = 36 * alpha * np.maximum(g, 0)
+    expected_pp = np.maximum(np.einsum("nhwf,nf->nhw", acts, w_pp), 0)
+    np.testing.assert_allclose(api.grad_cam_pp(model, x, targets, layer="conv"), expected_pp, rtol=1e-4, atol=1e-6)
+    expected_layer = np.maximum(np.einsum("nhwf,nf->nhw", acts, np.maximum(g, 0)), 0)
+    np.testing.assert_allclose(api.layer_cam(model, x, targets, layer="conv"), expected_layer, rtol=1e-4, atol=1e-6)
+    up = api.grad_cam(model, x, targets, layer="conv", upsample=True)
+    assert up.shape == (3, 6, 6)
+    score = api.score_cam(model, x, targets, layer="conv")
+    assert score.shape == (3, 6, 6) and (score >= 0).all()
+
+
+def test_chunk_size_does_not_change_attributions(conv_gap) -> None:
+    model, _ = conv_gap
+    x = rand((9, 6, 6, 3), seed=8)
+    results = [api.integrated_gradients(model, x, steps=8, chunk=c) for c in (1, 7, 64)]
+    for r in results[1:]:
+        np.testing.assert_allclose(r, results[0], rtol=1e-5, atol=1e-6)
+    results = [api.smoothgrad(model, x, samples=4, chunk=c) for c in (1, 7, 64)]
+    for r in results[1:]:
+        np.testing.assert_allclose(r, results[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_integrated_gradients_completeness_on_the_demo_model() -> None:
+    from reportgen.data import read_classes, read_probe
+
+    demo = ROOT / "models" / "traffic_signs"
+    model = api.load_model(f"{demo / 'model.py'}:TrafficSignNet", demo / "checkpoint")
+    probe = read_probe(demo / "probe", model.input_shape, read_classes(demo / "classes.txt", 43))
+    x = probe.images[::20][:6]
+    attributions = api.integrated_gradients(model, x, steps=64, baseline="black", rule="riemann")
+    logits = api.predict(model, x)
+    base = api.predict(model, np.zeros_like(x))
+    target = logits.argmax(1)
+    rows = np.arange(len(x))
+    difference = logits[rows, target] - base[rows, target]
+    total = attributions.reshape(len(x), -1).sum(1)
+    np.testing.assert_array_less(np.abs(total - difference), 0.01 * np.abs(difference))
+
+
+def test_sanity_check_flags_a_method_that_ignores_the_weights(linear) -> None:
+    model, _, _ = linear
+    engine = api.Engine(model.graph)
+
+    def edge_detector(image: jax.Array) -> jax.Array:
+        gray = image.mean(axis=-1)
+        return jnp.abs(jnp.diff(gray, axis=0, append=gray[-1:])) + jnp.abs(jnp.diff(gray, axis=1, append=gray[:, -1:]))
+
+    def maps_fn(variables, image, target, key):
+        grad = methods.importance("saliency", api.saliency_methods.saliency(engine, variables, image, target))
+        return {"maps": {"edges": edge_detector(image), "saliency": grad}}
+
+    x = rand((3, 6, 6, 3), seed=9)
+    targets = np.zeros(3, np.int32)
+    keys = np.zeros((3, 2), np.uint32)
+    original = api.map_examples(maps_fn, (model.variables,), x, targets, keys)["maps"]
+    top_down = [layer.param_paths for layer in reversed(model.graph.layers) if layer.param_paths]
+    scores = cascade_correlations(maps_fn, model.variables, top_down, x, targets, keys, original, seed=0, chunk=4)
+    assert scores["edges"].tolist() == pytest.approx([1.0] * len(top_down))
+    assert abs(scores["saliency"][-1]) < 0.5
