@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reportgen.analyses.featurevis import OBJECTIVES, PARAMETERISATIONS
 from reportgen.analyses.saliency import IG_BASELINES, IG_RULES
 from reportgen.errors import UserError
 
@@ -27,6 +28,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sanity_images": 2,
         "smoothgrad_samples": 8,
         "ig_steps": 16,
+        "vis_filters": 8,
+        "vis_steps": 32,
     },
     "standard": {
         "activation_images": 4,
@@ -36,6 +39,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sanity_images": 4,
         "smoothgrad_samples": 16,
         "ig_steps": 32,
+        "vis_filters": 0,
+        "vis_steps": 64,
     },
     "full": {
         "activation_images": 0,
@@ -45,6 +50,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sanity_images": 8,
         "smoothgrad_samples": 32,
         "ig_steps": 64,
+        "vis_filters": 0,
+        "vis_steps": 256,
     },
 }
 """Per-profile defaults; 0 means "all"."""
@@ -91,6 +98,19 @@ class Settings:
     occlusion_window: int = 8
     occlusion_stride: int = 4
     faithfulness_steps: int = 16
+    vis_filters: int = 0  # filters visualised per conv layer, the most active first (0: all)
+    vis_steps: int = 64
+    vis_learning_rate: float = 0.2
+    vis_parameterisation: str = "fourier"  # "fourier" (decorrelated colour) or "pixels"
+    vis_objective: str = "channel_mean"  # or "centre"
+    vis_jitter: int = 2
+    vis_rotation: float = 5.0
+    vis_tv: float = 0.01
+    vis_l2: float = 0.0
+    vis_blur: float = 0.0
+    vis_images_per_filter: int = 1
+    vis_diversity: float = 0.0
+    top_patches: int = 4
     chunk_size: int = 32
     size_budget_mb: float = 25.0
     external_figures: bool = False  # link figures/*.png instead of embedding them
@@ -172,22 +192,52 @@ def _coerce(name: str, value: Any) -> Any:
         "occlusion_window",
         "occlusion_stride",
         "faithfulness_steps",
+        "vis_filters",
+        "vis_steps",
+        "vis_jitter",
+        "vis_images_per_filter",
+        "top_patches",
     )
     if name in counts and value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         raise UserError(f"{name} must be a non-negative integer, not {value!r}")
-    positive = ("chunk_size", "smoothgrad_samples", "occlusion_window", "occlusion_stride", "faithfulness_steps")
+    positive = (
+        "chunk_size",
+        "smoothgrad_samples",
+        "occlusion_window",
+        "occlusion_stride",
+        "faithfulness_steps",
+        "vis_steps",
+        "vis_images_per_filter",
+    )
     if name in positive and value == 0:
         raise UserError(f"{name} must be at least 1")
     if name == "ig_steps" and value < 2:
         raise UserError("ig_steps must be at least 2")
-    choices = {"ig_baseline": IG_BASELINES, "ig_rule": IG_RULES}
+    choices = {
+        "ig_baseline": IG_BASELINES,
+        "ig_rule": IG_RULES,
+        "vis_parameterisation": PARAMETERISATIONS,
+        "vis_objective": OBJECTIVES,
+    }
     if name in choices and value not in choices[name]:
         raise UserError(f"{name} {value!r} is unknown; choose one of {', '.join(choices[name])}")
     if name == "attribution_target" and value not in ("predicted", "label") and not str(value).isdigit():
         raise UserError(f"attribution_target {value!r} must be 'predicted', 'label' or a class index")
     if name == "attribution_target":
         return str(value)
-    if name in ("rare_fraction", "size_budget_mb", "smoothgrad_noise", "sanity_threshold"):
+    floats = (
+        "rare_fraction",
+        "size_budget_mb",
+        "smoothgrad_noise",
+        "sanity_threshold",
+        "vis_learning_rate",
+        "vis_rotation",
+        "vis_tv",
+        "vis_l2",
+        "vis_blur",
+        "vis_diversity",
+    )
+    if name in floats:
         try:
             value = float(value)
         except (TypeError, ValueError) as e:

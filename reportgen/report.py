@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reportgen import attribution, figures
-from reportgen.analyses import activations, methods, predictions
+from reportgen import attribution, figures, visualisation
+from reportgen.analyses import activations, methods, patches, predictions
 from reportgen.analyses.activations import LayerStatistics
 from reportgen.compute import enable_compilation_cache, map_examples
 from reportgen.config import Settings, as_dict
@@ -43,8 +43,10 @@ from reportgen.views import (
     ArchitectureRow,
     AttributionRow,
     AttributionView,
+    ClassCard,
     Fact,
     FigureView,
+    FilterCard,
     FilterRow,
     FindingView,
     Guess,
@@ -221,6 +223,8 @@ def _layer_view(
     store: FigureStore,
     attributed: attribution.AttributionResult,
     display_images: np.ndarray,
+    vis: visualisation.FilterVisualisation | None,
+    probe: ProbeSet,
 ) -> LayerView:
     section = layer_id(index, layer)
     prefix = f"{index + 1:02d}-{slug(layer.name)}"
@@ -315,7 +319,46 @@ def _layer_view(
         for c in range(channels)
     )
     title = f"{index + 1}. {layer.name}"
-    return LayerView(section, title, layer.kind, tuple(facts), tuple(figs), tuple(alerts), rows)
+    summary, cards = _filter_cards(vis, layer, probe, store, prefix) if vis is not None else ("", ())
+    return LayerView(section, title, layer.kind, tuple(facts), tuple(figs), tuple(alerts), rows, summary, cards)
+
+
+def _filter_cards(
+    vis: visualisation.FilterVisualisation, layer: Layer, probe: ProbeSet, store: FigureStore, prefix: str
+) -> tuple[str, tuple[FilterCard, ...]]:
+    """One card per visualised filter: its synthesised image and top probe patches."""
+    rf = layer.receptive_field
+    assert rf is not None
+    cards = []
+    for k, f in enumerate(vis.filters.tolist()):
+        image = store.add(
+            f"{prefix}-vis-{f:03d}.png",
+            figures.thumbnail(vis.images[k, 0], zoom=2),
+            f"{layer.name} filter {f} synthesised",
+        )
+        crops = [
+            patches.crop(probe.images[int(i)], rf, int(r), int(c))
+            for i, r, c in zip(vis.top.images[f], vis.top.rows[f], vis.top.cols[f], strict=True)
+        ]
+        patch_views = tuple(
+            store.add(
+                f"{prefix}-patch-{f:03d}-{j + 1}.png",
+                figures.thumbnail(crop, zoom=figures.zoom_for(crop.shape[0], 32)),
+                f"{layer.name} filter {f}: patch of {probe.names[int(vis.top.images[f, j])]}",
+            )
+            for j, crop in enumerate(crops)
+        )
+        dead = bool(vis.dead[k])
+        status = "dead" if dead else ("beats" if vis.beats_probes[k] else "")
+        caption = f"#{f} · {vis.activation[k]:.3g} (probes ≤ {vis.probe_best[k]:.3g})" + (" · dead" if dead else "")
+        cards.append(FilterCard(image, patch_views, caption, status))
+    fraction = vis.beat_fraction
+    beaten = "no live filters" if fraction is None else f"{fraction:.0%} of the {int((~vis.dead).sum())} live ones"
+    summary = (
+        f"Synthesised images for {vis.selection}, beside the probe patches (the receptive field around the strongest"
+        f" unit) that excite each filter most. The synthesised image beats every probe image for {beaten}."
+    )
+    return summary, tuple(cards)
 
 
 def _prediction_view(
@@ -326,6 +369,33 @@ def _prediction_view(
     image = store.add(f"{prefix}-{i + 1:04d}.png", figures.thumbnail(probe.images[i]), probe.names[i], "")
     top = tuple(Guess(classes[int(k)], f"{p:.1%}") for k, p in zip(pred.top_classes[i], pred.top_probs[i], strict=True))
     return PredictionView(image, probe.names[i], classes[label] if label >= 0 else "—", verdict, top)
+
+
+def _class_cards(
+    vis: visualisation.ClassVisualisation,
+    probe: ProbeSet,
+    pred: predictions.Predictions,
+    classes: list[str],
+    store: FigureStore,
+) -> tuple[tuple[ClassCard, ...], str]:
+    """Each class's synthesised image beside the first correctly classified probe image of it."""
+    cards = []
+    for k, name in enumerate(classes):
+        image = store.add(f"class-{k:03d}.png", figures.thumbnail(vis.images[k, 0], zoom=3), f"{name} synthesised")
+        hits = np.flatnonzero((probe.labels == k) & (pred.predicted == k))
+        example = (
+            store.add(
+                f"class-{k:03d}-example.png", figures.thumbnail(probe.images[hits[0]], zoom=3), probe.names[hits[0]]
+            )
+            if len(hits)
+            else None
+        )
+        cards.append(ClassCard(name, image, example, f"logit {vis.logits[k]:.3g}"))
+    note = (
+        "Each image maximises one class logit (before softmax), starting from noise; beside it, the first"
+        " probe image of that class the model classifies correctly."
+    )
+    return tuple(cards), note
 
 
 def rounded_tree(value: Any) -> Any:
@@ -459,6 +529,8 @@ def build(settings: Settings, command: str = "", progress: Progress | None = Non
     spatial = [layer.name for layer in layers if layer.is_spatial]
     shown = display_indices(probe.labels, max(settings.activation_images, settings.channel_images))
     maps = _maps(engine, model, inputs[shown], spatial, settings.chunk_size, progress)
+    pred = predictions.summarize(probs, probe.labels)
+    layer_stats = {layer.name: activations.summarize(stats[layer.name], settings.rare_fraction) for layer in layers}
 
     black = to_model(np.zeros((1, *model.input_shape), np.float32), settings.preprocess)[0]
     attributed = attribution.run(
@@ -472,9 +544,10 @@ def build(settings: Settings, command: str = "", progress: Progress | None = Non
         progress,
     )
 
+    filter_vis, class_vis = visualisation.run(engine, model, probe.images, stats, layer_stats, settings, progress)
+    vis_by_layer = {v.layer: v for v in filter_vis}
+
     progress.start("figures", len(layers) + 2)
-    pred = predictions.summarize(probs, probe.labels)
-    layer_stats = {layer.name: activations.summarize(stats[layer.name], settings.rare_fraction) for layer in layers}
     found: list[Finding] = input_findings(probe.warnings, int((~finite).sum()))
     found += prediction_findings(pred, probe.names, classes)
     for i, layer in enumerate(layers):
@@ -500,6 +573,8 @@ def build(settings: Settings, command: str = "", progress: Progress | None = Non
                 store,
                 attributed,
                 probe.images[attributed.indices],
+                vis_by_layer.get(layer.name),
+                probe,
             )
         )
         progress.advance()
@@ -527,8 +602,23 @@ def build(settings: Settings, command: str = "", progress: Progress | None = Non
     timings = dict(progress.timings)
     data = report_data(settings, command, model, probe, classes, pred, layer_stats, found, timings)
     data["attribution"] = rounded_tree({k: v for k, v in attribution_json.items() if k != "settings"})
+    vis_json = visualisation.to_json(filter_vis, class_vis, classes, None)
+    data["feature_visualisation"] = rounded_tree({k: v for k, v in vis_json.items() if k != "settings"})
+    class_cards, classes_note = _class_cards(class_vis, probe, pred, classes, store)
     view = _report_view(
-        settings, model, probe, pred, found, layer_views, prediction_views, wrong, confusion, attribution_view, data
+        settings,
+        model,
+        probe,
+        pred,
+        found,
+        layer_views,
+        prediction_views,
+        wrong,
+        confusion,
+        attribution_view,
+        class_cards,
+        classes_note,
+        data,
     )
     progress.start("write report")
     html = render(view)
@@ -648,6 +738,8 @@ def _report_view(
     wrong: tuple[PredictionView, ...],
     confusion: FigureView | None,
     attribution_view: AttributionView,
+    class_cards: tuple[ClassCard, ...],
+    classes_note: str,
     data: Mapping[str, Any],
 ) -> ReportView:
     ck = model.checkpoint
@@ -701,6 +793,8 @@ def _report_view(
         misclassified=wrong,
         attribution=attribution_view,
         layers=tuple(layer_views),
+        classes=class_cards,
+        classes_note=classes_note,
         provenance=provenance,
         timings=timings,
         settings_json=json.dumps(prov["settings"], indent=2, sort_keys=True),

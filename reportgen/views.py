@@ -75,6 +75,26 @@ class FilterRow:
 
 
 @dataclass(frozen=True)
+class FilterCard:
+    """A filter's synthesised image and its top activating probe patches."""
+
+    image: FigureView
+    patches: tuple[FigureView, ...]
+    caption: str
+    status: str  # "dead", "beats" (beats every probe image) or ""
+
+
+@dataclass(frozen=True)
+class ClassCard:
+    """What one class looks like to the model, beside a real example."""
+
+    name: str
+    image: FigureView
+    example: FigureView | None
+    caption: str
+
+
+@dataclass(frozen=True)
 class LayerView:
     """One layer section."""
 
@@ -85,6 +105,8 @@ class LayerView:
     figures: tuple[FigureView, ...]
     alerts: tuple[str, ...]
     filters: tuple[FilterRow, ...]
+    vis_summary: str
+    vis_cards: tuple[FilterCard, ...]
 
 
 @dataclass(frozen=True)
@@ -135,6 +157,8 @@ class ReportView:
     misclassified: tuple[PredictionView, ...]
     attribution: AttributionView
     layers: tuple[LayerView, ...]
+    classes: tuple[ClassCard, ...]
+    classes_note: str
     provenance: tuple[Fact, ...]
     timings: tuple[Fact, ...]
     settings_json: str

@@ -15,15 +15,17 @@ import numpy as np
 
 
 def channel_statistics(activation: jax.Array) -> dict[str, jax.Array]:
-    """Per-channel mean, max and min of one example's layer output, and whether it is finite.
-
-    A (H, W, C) map is reduced over its spatial axes; a (C,) vector is its own statistics.
+    """Per-channel mean, max, min and flat arg-max position of one example's layer output, and
+    whether it is finite. A (H, W, C) map is reduced over its spatial axes; a (C,) vector is its
+    own statistics (arg-max 0).
     """
     spatial = tuple(range(activation.ndim - 1))
+    channels = activation.shape[-1]
     return {
         "mean": activation.mean(axis=spatial),
         "max": activation.max(axis=spatial),
         "min": activation.min(axis=spatial),
+        "argmax": jnp.argmax(activation.reshape(-1, channels), axis=0),
         "finite": jnp.isfinite(activation).all(),
     }
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from reportgen.model.graph import Const, FlatJaxpr, Graph
 
-ReluRule = Literal["standard", "guided", "deconvnet"]
+ReluRule = Literal["standard", "guided", "deconvnet", "redirected"]
 
 
 @jax.custom_vjp
@@ -59,7 +59,33 @@ def _deconv_bwd(_: None, g: jax.Array) -> tuple[jax.Array]:
 
 deconvnet_relu.defvjp(_deconv_fwd, _deconv_bwd)
 
-_RELUS: dict[str, Callable[[jax.Array], jax.Array]] = {"guided": guided_relu, "deconvnet": deconvnet_relu}
+
+@jax.custom_vjp
+def redirected_relu(x: jax.Array) -> jax.Array:
+    """ReLU whose backward pass also lets through gradients that would raise a negative input.
+
+    For the first steps of activation maximisation, so that a unit inactive on the starting image
+    still receives a gradient (Olah, Mordvintsev & Schubert 2017, "Feature Visualization").
+    Assumes the objective is minimised: a negative cotangent raises the input.
+    """
+    return jnp.maximum(x, 0)
+
+
+def _redirected_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.maximum(x, 0), x
+
+
+def _redirected_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    return (jnp.where((x > 0) | (g < 0), g, jnp.zeros_like(g)),)
+
+
+redirected_relu.defvjp(_redirected_fwd, _redirected_bwd)
+
+_RELUS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "guided": guided_relu,
+    "deconvnet": deconvnet_relu,
+    "redirected": redirected_relu,
+}
 
 
 def _needed_eqns(flat: FlatJaxpr, targets: Sequence[int]) -> list[int]:
@@ -88,10 +114,12 @@ def evaluate(
     targets: Sequence[int],
     probes: Mapping[int, jax.Array] | None = None,
     relu: ReluRule = "standard",
+    relu_at: frozenset[int] | None = None,
 ) -> list[jax.Array]:
     """Values of the target variables for one example, computing only what they need.
 
     `probes` maps variable ids to arrays added to those variables as soon as they are computed.
+    `relu` replaces the backward rule of every ReLU, or only of the ReLU equations in `relu_at`.
     """
     flat = graph.flat
     probes = probes or {}
@@ -100,10 +128,11 @@ def evaluate(
         if vid in probes:
             env[vid] = env[vid] + probes[vid]
     replacement = _RELUS.get(relu)
+    replaced = graph.relu_eqns if relu_at is None else graph.relu_eqns & relu_at
     for i in _needed_eqns(flat, targets):
         eqn = flat.eqns[i]
         args = [v.value if isinstance(v, Const) else env[v] for v in eqn.inputs]
-        if replacement is not None and i in graph.relu_eqns:
+        if replacement is not None and i in replaced:
             x = next(a for v, a in zip(eqn.inputs, args, strict=True) if not isinstance(v, Const))
             outs = [replacement(x)]
         else:
@@ -140,15 +169,32 @@ class Engine:
     def _vars(self, names: Sequence[str]) -> list[int]:
         return [self.graph.layer(n).var for n in names]
 
-    def logits(self, variables: Any, image: jax.Array) -> jax.Array:
+    def logits(self, variables: Any, image: jax.Array, relu: ReluRule = "standard") -> jax.Array:
         """Model output for one example, (K,)."""
-        (value,) = evaluate(self.graph, jax.tree.leaves(variables), image, [self._logits_var])
+        (value,) = evaluate(self.graph, jax.tree.leaves(variables), image, [self._logits_var], relu=relu)
         return value
 
-    def layer_outputs(self, variables: Any, image: jax.Array, names: Sequence[str]) -> dict[str, jax.Array]:
-        """Outputs of the named layers for one example; stops after the last one needed."""
-        values = evaluate(self.graph, jax.tree.leaves(variables), image, self._vars(names))
+    def layer_outputs(
+        self,
+        variables: Any,
+        image: jax.Array,
+        names: Sequence[str],
+        relu: ReluRule = "standard",
+        relu_layers: Sequence[str] | None = None,
+    ) -> dict[str, jax.Array]:
+        """Outputs of the named layers for one example; stops after the last one needed.
+
+        `relu` swaps the backward rule of every ReLU, or with `relu_layers` only of the ReLUs
+        that produce those layers' outputs.
+        """
+        relu_at = None if relu_layers is None else self.output_relus(relu_layers)
+        values = evaluate(self.graph, jax.tree.leaves(variables), image, self._vars(names), relu=relu, relu_at=relu_at)
         return {n: v[0] for n, v in zip(names, values, strict=True)}
+
+    def output_relus(self, names: Sequence[str]) -> frozenset[int]:
+        """Indices of the ReLU equations whose output is one of the named layers' outputs."""
+        outputs = set(self._vars(names))
+        return frozenset(i for i in self.graph.relu_eqns if self.graph.flat.eqns[i].outputs[0] in outputs)
 
     def forward(self, variables: Any, image: jax.Array, names: Sequence[str]) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Logits and the named layers' outputs in one pass."""

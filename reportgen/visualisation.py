@@ -1,0 +1,186 @@
+"""The feature-visualisation stage of a build: activation maximisation for the filters of every
+conv layer and for every class, and each filter's top activating probe patches."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+from reportgen.analyses import featurevis, patches
+from reportgen.analyses.activations import LayerStatistics
+from reportgen.compute import map_examples
+from reportgen.config import Settings
+from reportgen.model.engine import Engine
+from reportgen.model.load import LoadedModel
+from reportgen.progress import Progress
+
+
+@dataclass(frozen=True)
+class FilterVisualisation:
+    """Synthesised images of a conv layer's filters, with how they compare with the probe set."""
+
+    layer: str
+    filters: np.ndarray  # (F,) filter indices visualised
+    selection: str  # how they were chosen
+    images: np.ndarray  # (F, B, H, W, C) in [0, 1]
+    activation: np.ndarray  # (F,) objective reached by the first image of each filter
+    probe_best: np.ndarray  # (F,) the best probe image's value of the same objective
+    dead: np.ndarray  # (F,) bool
+    top: patches.TopPatches  # for every filter of the layer
+
+    @property
+    def beats_probes(self) -> np.ndarray:
+        """(F,) the synthesised image reaches a higher activation than every probe image."""
+        return self.activation > self.probe_best
+
+    @property
+    def beat_fraction(self) -> float | None:
+        """Fraction of visualised, non-dead filters whose image beats every probe image."""
+        alive = ~self.dead
+        return float(self.beats_probes[alive].mean()) if alive.any() else None
+
+
+@dataclass(frozen=True)
+class ClassVisualisation:
+    """One synthesised image per class and the logit it reaches."""
+
+    images: np.ndarray  # (K, B, H, W, C)
+    logits: np.ndarray  # (K,)
+
+
+def vis_config(settings: Settings) -> featurevis.VisConfig:
+    """The visualisation settings as the static optimisation config."""
+    return featurevis.VisConfig(
+        steps=settings.vis_steps,
+        learning_rate=settings.vis_learning_rate,
+        parameterisation=settings.vis_parameterisation,
+        decorrelate=settings.vis_parameterisation == "fourier",
+        jitter=settings.vis_jitter,
+        rotation_deg=settings.vis_rotation,
+        tv_weight=settings.vis_tv,
+        l2_weight=settings.vis_l2,
+        blur_weight=settings.vis_blur,
+        objective=settings.vis_objective,
+        images_per_filter=settings.vis_images_per_filter,
+        diversity_weight=settings.vis_diversity,
+    )
+
+
+def preprocessing(settings: Settings, channels: int) -> featurevis.Preprocessing:
+    """The configured preprocessing as broadcastable constants."""
+    pre = settings.preprocess
+    mean = np.broadcast_to(np.asarray(pre.mean, np.float32), (channels,)).copy()
+    std = np.broadcast_to(np.asarray(pre.std, np.float32), (channels,)).copy()
+    return featurevis.Preprocessing(pre.scale, mean, std)
+
+
+def keys_for(seed: int, stream: int, indices: np.ndarray) -> np.ndarray:
+    """Raw key data for each index: the same filter gets the same key whatever else is computed."""
+    base = jax.random.fold_in(jax.random.key(seed), stream)
+    return np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(base, i))(np.asarray(indices))))
+
+
+def chosen_filters(stats: LayerStatistics, count: int) -> tuple[np.ndarray, str]:
+    """All filters, or the `count` with the highest mean activation over the probe set."""
+    channels = len(stats.mean)
+    if count <= 0 or count >= channels:
+        return np.arange(channels, dtype=np.int32), f"all {channels} filters"
+    order = np.argsort(-stats.mean, kind="stable")[:count]
+    return np.sort(order).astype(np.int32), f"the {count} of {channels} filters with the highest mean activation"
+
+
+def run(
+    engine: Engine,
+    model: LoadedModel,
+    probe_images: np.ndarray,
+    stats: Mapping[str, Mapping[str, np.ndarray]],
+    layer_stats: Mapping[str, LayerStatistics],
+    settings: Settings,
+    progress: Progress,
+) -> tuple[list[FilterVisualisation], ClassVisualisation]:
+    """Visualise the filters of every conv layer and every class."""
+    config = vis_config(settings)
+    shape = model.input_shape
+    basis = featurevis.colour_basis(probe_images)
+    pre = preprocessing(settings, shape[-1])
+    conv_layers = [layer for layer in model.graph.layers if layer.kind == "conv" and layer.is_spatial]
+    chunk = min(settings.chunk_size, 32)
+    results = []
+    for stream, layer in enumerate(conv_layers, start=1):
+        filters, selection = chosen_filters(layer_stats[layer.name], settings.vis_filters)
+        progress.start(f"visualise {layer.name}", len(filters))
+        objective = featurevis.layer_objective(engine, layer.name, config.objective)
+        fn = featurevis.visualise(objective, config, shape, basis, pre)
+        images, values = map_examples(
+            fn,
+            (model.variables,),
+            filters,
+            keys_for(settings.seed, stream, filters),
+            chunk=chunk,
+            progress=progress.advance,
+        )
+        progress.finish()
+        layer_stat = stats[layer.name]
+        probe_best = _probe_objective(layer_stat, config.objective, layer.output_shape)[filters]
+        results.append(
+            FilterVisualisation(
+                layer=layer.name,
+                filters=filters,
+                selection=selection,
+                images=images,
+                activation=values[:, 0],
+                probe_best=probe_best,
+                dead=np.isin(filters, layer_stats[layer.name].dead),
+                top=patches.top_patches(
+                    layer_stat["max"], layer_stat["argmax"], layer.output_shape[1], settings.top_patches
+                ),
+            )
+        )
+    classes = np.arange(model.graph.num_classes, dtype=np.int32)
+    progress.start("visualise classes", len(classes))
+    fn = featurevis.visualise(featurevis.logit_objective(engine), config, shape, basis, pre)
+    images, values = map_examples(
+        fn, (model.variables,), classes, keys_for(settings.seed, 0, classes), chunk=chunk, progress=progress.advance
+    )
+    progress.finish()
+    return results, ClassVisualisation(images, values[:, 0])
+
+
+def _probe_objective(stat: Mapping[str, np.ndarray], objective: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The best value of the visualisation objective over the probe images, per channel."""
+    if objective == "channel_mean":
+        return stat["mean"].max(axis=0)
+    # centre unit: only the maximum over all positions is recorded, an upper bound of the centre.
+    return stat["max"].max(axis=0)
+
+
+def to_json(
+    results: list[FilterVisualisation], classes: ClassVisualisation, class_names: list[str], config: Any
+) -> dict[str, Any]:
+    """The visualisation numbers for report.json."""
+    layers = {}
+    for r in results:
+        layers[r.layer] = {
+            "selection": r.selection,
+            "filters": r.filters.tolist(),
+            "activation": r.activation.tolist(),
+            "probe_best": r.probe_best.tolist(),
+            "beats_probes": r.beats_probes.tolist(),
+            "beat_fraction": r.beat_fraction,
+            "dead": r.dead.tolist(),
+            "top_patches": {
+                "images": r.top.images.tolist(),
+                "rows": r.top.rows.tolist(),
+                "cols": r.top.cols.tolist(),
+                "values": r.top.values.tolist(),
+            },
+        }
+    return {
+        "settings": config,
+        "layers": layers,
+        "classes": {name: float(v) for name, v in zip(class_names, classes.logits, strict=True)},
+    }
