@@ -30,6 +30,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "ig_steps": 16,
         "vis_filters": 8,
         "vis_steps": 32,
+        "class_steps": 48,
     },
     "standard": {
         "activation_images": 4,
@@ -41,6 +42,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "ig_steps": 32,
         "vis_filters": 0,
         "vis_steps": 64,
+        "class_steps": 128,
     },
     "full": {
         "activation_images": 0,
@@ -52,6 +54,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "ig_steps": 64,
         "vis_filters": 0,
         "vis_steps": 256,
+        "class_steps": 256,
     },
 }
 """Per-profile defaults; 0 means "all"."""
@@ -105,11 +108,14 @@ class Settings:
     vis_objective: str = "channel_mean"  # or "centre"
     vis_jitter: int = 2
     vis_rotation: float = 5.0
-    vis_tv: float = 0.01
+    vis_tv: float = 0.1
     vis_l2: float = 0.0
     vis_blur: float = 0.0
     vis_images_per_filter: int = 1
     vis_diversity: float = 0.0
+    class_steps: int = 128
+    class_learning_rate: float = 0.05
+    class_tv: float = 0.05
     top_patches: int = 4
     chunk_size: int = 32
     size_budget_mb: float = 25.0
@@ -197,6 +203,7 @@ def _coerce(name: str, value: Any) -> Any:
         "vis_jitter",
         "vis_images_per_filter",
         "top_patches",
+        "class_steps",
     )
     if name in counts and value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         raise UserError(f"{name} must be a non-negative integer, not {value!r}")
@@ -208,6 +215,7 @@ def _coerce(name: str, value: Any) -> Any:
         "faithfulness_steps",
         "vis_steps",
         "vis_images_per_filter",
+        "class_steps",
     )
     if name in positive and value == 0:
         raise UserError(f"{name} must be at least 1")
@@ -236,6 +244,8 @@ def _coerce(name: str, value: Any) -> Any:
         "vis_l2",
         "vis_blur",
         "vis_diversity",
+        "class_learning_rate",
+        "class_tv",
     )
     if name in floats:
         try:

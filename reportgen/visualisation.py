@@ -3,6 +3,7 @@ conv layer and for every class, and each filter's top activating probe patches."
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -142,7 +143,15 @@ def run(
         )
     classes = np.arange(model.graph.num_classes, dtype=np.int32)
     progress.start("visualise classes", len(classes))
-    fn = featurevis.visualise(featurevis.logit_objective(engine), config, shape, basis, pre)
+    class_config = dataclasses.replace(
+        config,
+        steps=settings.class_steps,
+        learning_rate=settings.class_learning_rate,
+        tv_weight=settings.class_tv,
+        rotation_deg=8.0,
+        scale=(0.92, 1.08),
+    )
+    fn = featurevis.visualise(featurevis.logit_objective(engine), class_config, shape, basis, pre)
     images, values = map_examples(
         fn, (model.variables,), classes, keys_for(settings.seed, 0, classes), chunk=chunk, progress=progress.advance
     )

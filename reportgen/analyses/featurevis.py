@@ -39,7 +39,7 @@ class VisConfig:
     jitter: int = 2  # pixels
     scale: tuple[float, float] = (0.95, 1.05)
     rotation_deg: float = 5.0
-    tv_weight: float = 0.01
+    tv_weight: float = 0.1
     l2_weight: float = 0.0
     blur_weight: float = 0.0
     objective: str = "channel_mean"
