@@ -17,17 +17,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reportgen.analyses import cam
+from reportgen.analyses import cam, featurevis
 from reportgen.analyses import occlusion as occlusion_methods
 from reportgen.analyses import saliency as saliency_methods
 from reportgen.compute import map_examples
+from reportgen.config import Preprocess
 from reportgen.model.engine import Engine
 from reportgen.model.graph import Layer
 from reportgen.model.load import LoadedModel, load_model
 
 __all__ = [
     "LoadedModel",
+    "activation_maximization",
     "activations",
+    "class_visualization",
     "deconvnet",
     "grad_cam",
     "grad_cam_pp",
@@ -272,3 +275,82 @@ def occlusion(
 
     fn = _batched(model, "occlusion", (window, stride, baseline), build)
     return map_examples(fn, (model.variables,), x, _targets(x, targets), chunk=chunk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature visualisation: images in display space [0, 1].
+
+
+def _vis_config(options: dict[str, Any]) -> tuple[featurevis.VisConfig, int, np.ndarray | None, Preprocess]:
+    seed = int(options.pop("seed", 0))
+    basis_images = options.pop("basis_images", None)
+    preprocess = options.pop("preprocess", Preprocess())
+    parameterisation = options.get("parameterisation", "fourier")
+    options.setdefault("decorrelate", parameterisation == "fourier" and basis_images is not None)
+    try:
+        config = featurevis.VisConfig(**options)
+    except TypeError as e:
+        raise ValueError(f"unknown visualisation option: {e}") from e
+    return config, seed, basis_images, preprocess
+
+
+def _visualise(
+    model: LoadedModel,
+    objective: featurevis.Objective,
+    indices: np.ndarray,
+    options: dict[str, Any],
+    chunk: int,
+) -> np.ndarray:
+    config, seed, basis_images, preprocess = _vis_config(dict(options))
+    channels = model.input_shape[-1]
+    basis = (
+        featurevis.colour_basis(np.asarray(basis_images, np.float32))
+        if basis_images is not None
+        else np.eye(channels, dtype=np.float32)
+    )
+    mean = np.broadcast_to(np.asarray(preprocess.mean, np.float32), (channels,)).copy()
+    std = np.broadcast_to(np.asarray(preprocess.std, np.float32), (channels,)).copy()
+    pre = featurevis.Preprocessing(preprocess.scale, mean, std)
+    fn = featurevis.visualise(objective, config, model.input_shape, basis, pre)
+    keys = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(indices)))
+    images, _ = map_examples(fn, (model.variables,), indices, keys, chunk=chunk)
+    return images[:, 0] if config.images_per_filter == 1 else images
+
+
+def activation_maximization(
+    model: LoadedModel,
+    layer: str,
+    filters: Sequence[int] | None = None,
+    steps: int = 64,
+    *,
+    chunk: int = 32,
+    **options: Any,
+) -> np.ndarray:
+    """Images that maximise each filter of a conv `layer`, (F, H, W, C) in [0, 1] ((F, B, H, W, C)
+    with `images_per_filter=B`), vmapped across filters, the forward pass stopped at `layer`.
+
+    Options (see `featurevis.VisConfig`): `learning_rate`, `parameterisation` ("fourier" or
+    "pixels"), `objective` ("channel_mean" or "centre"), `jitter`, `scale`, `rotation_deg`,
+    `tv_weight`, `l2_weight`, `blur_weight`, `images_per_filter`, `diversity_weight`, `seed`,
+    `basis_images` (images whose colour statistics decorrelate the Fourier parameterisation) and
+    `preprocess` (a `reportgen.config.Preprocess` from display to model space).
+    Erhan et al. 2009; Olah, Mordvintsev & Schubert 2017, "Feature Visualization".
+    """
+    info = model.graph.layer(layer)
+    if not info.is_spatial:
+        raise ValueError(f"layer {layer!r} is not a convolution or pooling layer")
+    indices = np.arange(info.output_shape[-1], dtype=np.int32) if filters is None else np.asarray(filters, np.int32)
+    objective_kind = options.pop("objective", "channel_mean")
+    objective = featurevis.layer_objective(Engine(model.graph), layer, objective_kind)
+    return _visualise(model, objective, indices, {"steps": steps, "objective": objective_kind, **options}, chunk)
+
+
+def class_visualization(
+    model: LoadedModel, classes: Sequence[int] | None = None, steps: int = 128, *, chunk: int = 32, **options: Any
+) -> np.ndarray:
+    """Images that maximise each class logit (before softmax), (K, H, W, C) in [0, 1].
+    Simonyan, Vedaldi & Zisserman 2013; options as for `activation_maximization`."""
+    indices = np.arange(model.graph.num_classes, dtype=np.int32) if classes is None else np.asarray(classes, np.int32)
+    objective = featurevis.logit_objective(Engine(model.graph))
+    options = {"learning_rate": 0.05, "tv_weight": 0.05, **options}
+    return _visualise(model, objective, indices, {"steps": steps, **options}, chunk)

@@ -121,3 +121,14 @@ class ConvGap(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
         return nn.Dense(3, name="out")(x.mean(axis=(1, 2)))
+
+
+class EdgeNet(nn.Module):
+    """One 5x5 conv filter on grayscale input, then global mean and a dense head."""
+
+    input_shape = (16, 16, 1)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Conv(1, (5, 5), name="edge")(x))
+        return nn.Dense(2, name="out")(x.mean(axis=(1, 2)))

@@ -1,0 +1,124 @@
+"""Activation maximisation and top activating patches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import SPEC, save
+
+from reportgen import api
+from reportgen.analyses import activations, featurevis, patches
+from reportgen.compute import map_examples
+from reportgen.model.engine import Engine
+from reportgen.model.load import LoadedModel
+
+EDGE = np.tile(np.array([-1.0, -1.0, 0.0, 1.0, 1.0], np.float32), (5, 1))  # a vertical dark-to-light edge
+
+
+@pytest.fixture(scope="module")
+def edge_model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    variables = {
+        "params": {
+            "edge": {"kernel": jnp.asarray(EDGE[:, :, None, None]), "bias": jnp.zeros(1)},
+            "out": {"kernel": jnp.ones((1, 2)), "bias": jnp.zeros(2)},
+        }
+    }
+    return api.load_model(f"{SPEC}:EdgeNet", save(tmp_path_factory.mktemp("edge") / "ck", variables))
+
+
+def test_the_optimum_of_an_edge_filter_is_that_edge(edge_model: LoadedModel) -> None:
+    (image,) = api.activation_maximization(
+        edge_model,
+        "edge",
+        steps=96,
+        parameterisation="pixels",
+        learning_rate=0.1,
+        jitter=0,
+        rotation_deg=0.0,
+        scale=(1.0, 1.0),
+    )
+    gray = image[..., 0]
+    windows = np.lib.stride_tricks.sliding_window_view(gray, (5, 5))
+    best = max(np.corrcoef(w.ravel(), EDGE.ravel())[0, 1] for w in windows.reshape(-1, 5, 5))
+    assert best > 0.9
+    # Columns are uniform: the pattern is vertical edges, not noise.
+    assert gray.std(axis=1).mean() > 4 * gray.std(axis=0).mean()
+
+
+@pytest.fixture(scope="module")
+def tiny(linen_checkpoint: Path) -> LoadedModel:
+    return api.load_model(f"{SPEC}:TinyLinen", linen_checkpoint)
+
+
+def test_truncated_forward_gives_the_full_models_activation(tiny: LoadedModel) -> None:
+    engine = Engine(tiny.graph)
+    x = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (8, 8, 3)).astype(np.float32))
+    objective = featurevis.layer_objective(engine, "ResidualBlock_0/Conv_0", "channel_mean")
+    value, out = objective(tiny.variables, x, jnp.int32(3), "standard")
+    _, full = engine.forward(tiny.variables, x, ["ResidualBlock_0/Conv_0"])
+    np.testing.assert_allclose(out, full["ResidualBlock_0/Conv_0"], rtol=1e-6)
+    assert float(value) == pytest.approx(float(full["ResidualBlock_0/Conv_0"][..., 3].mean()), rel=1e-6)
+
+
+def test_vmapped_filters_equal_a_per_filter_loop_and_seeds_repeat(tiny: LoadedModel) -> None:
+    config = featurevis.VisConfig(steps=12)
+    pre = featurevis.Preprocessing(1.0, np.zeros(3, np.float32), np.ones(3, np.float32))
+    fn = featurevis.visualise(
+        featurevis.layer_objective(Engine(tiny.graph), "conv1", "channel_mean"), config, (8, 8, 3), np.eye(3), pre
+    )
+    filters = np.arange(5, dtype=np.int32)
+    keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(0), 5)))
+    batched, values = map_examples(fn, (tiny.variables,), filters, keys, chunk=4)
+    looped = [jax.jit(fn)(tiny.variables, filters[i], keys[i]) for i in range(5)]
+    np.testing.assert_allclose(batched, np.stack([im for im, _ in looped]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(values, np.stack([v for _, v in looped]), rtol=1e-4, atol=1e-5)
+    again, _ = map_examples(fn, (tiny.variables,), filters, keys, chunk=4)
+    np.testing.assert_array_equal(batched, again)
+    assert batched.shape == (5, 1, 8, 8, 3) and batched.min() >= 0 and batched.max() <= 1
+
+
+def test_api_shapes_and_diversity(tiny: LoadedModel) -> None:
+    images = api.activation_maximization(tiny, "conv1", filters=[0, 2], steps=8)
+    assert images.shape == (2, 8, 8, 3)
+    several = api.activation_maximization(
+        tiny, "conv1", filters=[1], steps=8, images_per_filter=3, diversity_weight=1.0
+    )
+    assert several.shape == (1, 3, 8, 8, 3)
+    assert np.abs(several[0, 0] - several[0, 1]).mean() > 0
+    assert api.class_visualization(tiny, classes=[0, 1], steps=8).shape == (2, 8, 8, 3)
+
+
+def test_top_patches_are_the_brute_force_arg_max(tiny: LoadedModel) -> None:
+    rng = np.random.default_rng(4)
+    images = rng.uniform(0, 1, (9, 8, 8, 3)).astype(np.float32)
+    layer = tiny.graph.layer("max_pool_0")
+    maps = api.activations(tiny, images, [layer.name])[layer.name]  # (9, 4, 4, 8)
+    engine = Engine(tiny.graph)
+    stats = map_examples(
+        lambda v, x: activations.channel_statistics(engine.layer_outputs(v, x, [layer.name])[layer.name]),
+        (tiny.variables,),
+        images,
+    )
+    top = patches.top_patches(stats["max"], stats["argmax"], width=4, k=3)
+    for c in range(maps.shape[-1]):
+        per_image = maps[..., c].reshape(9, -1)
+        order = np.argsort(-per_image.max(axis=1), kind="stable")[:3]
+        np.testing.assert_array_equal(top.images[c], order)
+        for j, i in enumerate(order):
+            r, col = np.unravel_index(per_image[i].argmax(), (4, 4))
+            assert (top.rows[c, j], top.cols[c, j]) == (r, col)
+            assert top.values[c, j] == pytest.approx(maps[i, r, col, c])
+
+
+def test_crop_is_the_receptive_field(tiny: LoadedModel) -> None:
+    image = np.arange(8 * 8 * 3, dtype=np.float32).reshape(8, 8, 3)
+    rf = tiny.graph.layer("max_pool_0").receptive_field  # 6x6, stride 2, unit 0 centred at 0.5
+    assert rf is not None
+    np.testing.assert_array_equal(patches.crop(image, rf, 1, 2), image[0:6, 2:8])
+    corner = patches.crop(image, rf, 0, 0, fill=-1.0)
+    np.testing.assert_array_equal(corner[2:, 2:], image[0:4, 0:4])
+    assert (corner[:2] == -1).all() and (corner[:, :2] == -1).all()
