@@ -39,8 +39,7 @@ format: $(STAMP) ## Apply ruff formatting and fixes
 	$(BIN)/ruff format reportgen tests models
 	$(BIN)/ruff check --fix reportgen tests models
 
-bench: $(STAMP) ## Run the benchmarks (not part of the tests)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+bench: $(STAMP) ## Run the benchmarks (not part of the tests): engine vs Flax apply, attribution times
 	$(BIN)/python benchmarks/run.py
 
 train-demo: $(STAMP) ## Retrain the demo model from scratch (about 10 minutes on 2 cores)
