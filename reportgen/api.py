@@ -20,11 +20,12 @@ import numpy as np
 from reportgen.analyses import cam, featurevis
 from reportgen.analyses import occlusion as occlusion_methods
 from reportgen.analyses import saliency as saliency_methods
-from reportgen.compute import map_examples
+from reportgen.compute import example_keys, map_examples
 from reportgen.config import Preprocess
 from reportgen.model.engine import Engine
 from reportgen.model.graph import Layer
 from reportgen.model.load import LoadedModel, load_model
+from reportgen.visualisation import preprocessing
 
 __all__ = [
     "LoadedModel",
@@ -108,10 +109,6 @@ def _targets(images: np.ndarray, targets: Sequence[int] | np.ndarray | None) -> 
     return array
 
 
-def _keys(n: int, seed: int) -> np.ndarray:
-    return np.asarray(jax.random.key_data(jax.random.split(jax.random.key(seed), n)))
-
-
 def _gradient_method(model: LoadedModel, images: np.ndarray, targets: Any, name: str, chunk: int) -> np.ndarray:
     method = getattr(saliency_methods, name)
     fn = _batched(model, name, (), lambda e: lambda v, x, t: method(e, v, x, t))
@@ -158,7 +155,9 @@ def smoothgrad(
 
     fn = _batched(model, "smoothgrad", (samples, noise), build)
     x = _images(model, images)
-    return map_examples(fn, (model.variables,), x, _targets(x, targets), _keys(len(x), seed), chunk=chunk)
+    return map_examples(
+        fn, (model.variables,), x, _targets(x, targets), example_keys(seed, np.arange(len(x))), chunk=chunk
+    )
 
 
 def integrated_gradients(
@@ -191,7 +190,9 @@ def integrated_gradients(
             return per_example
 
         fn = _batched(model, "integrated_gradients", (steps, kind, rule), build)
-        return map_examples(fn, (model.variables,), x, _targets(x, targets), _keys(len(x), seed), chunk=chunk)
+        return map_examples(
+            fn, (model.variables,), x, _targets(x, targets), example_keys(seed, np.arange(len(x))), chunk=chunk
+        )
     starts = np.broadcast_to(np.asarray(baseline, np.float32), x.shape)
 
     def build_array(e: Engine) -> Callable[..., Any]:
@@ -308,11 +309,9 @@ def _visualise(
         if basis_images is not None
         else np.eye(channels, dtype=np.float32)
     )
-    mean = np.broadcast_to(np.asarray(preprocess.mean, np.float32), (channels,)).copy()
-    std = np.broadcast_to(np.asarray(preprocess.std, np.float32), (channels,)).copy()
-    pre = featurevis.Preprocessing(preprocess.scale, mean, std)
+    pre = preprocessing(preprocess, channels)
     fn = featurevis.visualise(objective, config, model.input_shape, basis, pre)
-    keys = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(indices)))
+    keys = example_keys(seed, indices)
     images, _ = map_examples(fn, (model.variables,), indices, keys, chunk=chunk)
     return images[:, 0] if config.images_per_filter == 1 else images
 

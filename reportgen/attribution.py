@@ -7,11 +7,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import jax
 import numpy as np
 
 from reportgen.analyses import faithfulness, methods, sanity
-from reportgen.compute import map_examples
+from reportgen.compute import example_keys, map_examples
 from reportgen.config import Settings
 from reportgen.model.engine import Engine
 from reportgen.model.load import LoadedModel
@@ -86,11 +85,7 @@ def run(
     maps_fn = methods.maps_function(engine, config, cam_layer, cam_layers, black)
     images = inputs[indices]
     targets = targets_for(settings, labels[indices], model.graph.num_classes)
-    keys = np.asarray(
-        jax.random.key_data(
-            jax.vmap(lambda i: jax.random.fold_in(jax.random.key(settings.seed), i))(np.asarray(indices))
-        )
-    )
+    keys = example_keys(settings.seed, indices)
     chunk = min(settings.chunk_size, 8)
 
     progress.start("attribution maps", len(images))

@@ -79,6 +79,15 @@ def map_examples(
     return jax.tree.map(lambda *xs: np.concatenate(xs), *pieces)
 
 
+def example_keys(seed: int, indices: np.ndarray, stream: int = 0) -> np.ndarray:
+    """Raw PRNG key data, one row per index, derived from the seed alone: the same example (or
+    filter) gets the same key whatever else is computed. Raw data batches like any array;
+    unwrap it with `jax.random.wrap_key_data`."""
+    base = jax.random.fold_in(jax.random.key(seed), stream)
+    keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(np.asarray(indices, np.int32))
+    return np.asarray(jax.random.key_data(keys))
+
+
 def _pad(array: np.ndarray, size: int) -> np.ndarray:
     missing = size - len(array)
     if missing == 0:

@@ -123,6 +123,19 @@ class Settings:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+AT_LEAST_ONE = frozenset(
+    {
+        "chunk_size",
+        "smoothgrad_samples",
+        "occlusion_window",
+        "occlusion_stride",
+        "faithfulness_steps",
+        "vis_steps",
+        "vis_images_per_filter",
+        "class_steps",
+    }
+)
+"""Integer settings for which 0 makes no sense (elsewhere 0 means "all")."""
 
 
 def read_toml(path: Path, table: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -185,40 +198,14 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise UserError(f"{name} must be a table of keyword arguments")
         return dict(value)
-    counts = (
-        "activation_images",
-        "channel_images",
-        "channels_across",
-        "chunk_size",
-        "seed",
-        "attribution_images",
-        "sanity_images",
-        "smoothgrad_samples",
-        "ig_steps",
-        "occlusion_window",
-        "occlusion_stride",
-        "faithfulness_steps",
-        "vis_filters",
-        "vis_steps",
-        "vis_jitter",
-        "vis_images_per_filter",
-        "top_patches",
-        "class_steps",
-    )
-    if name in counts and value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise UserError(f"{name} must be a non-negative integer, not {value!r}")
-    positive = (
-        "chunk_size",
-        "smoothgrad_samples",
-        "occlusion_window",
-        "occlusion_stride",
-        "faithfulness_steps",
-        "vis_steps",
-        "vis_images_per_filter",
-        "class_steps",
-    )
-    if name in positive and value == 0:
-        raise UserError(f"{name} must be at least 1")
+    kind = FIELDS[name].type
+    if kind == "bool" and not isinstance(value, bool):
+        raise UserError(f"{name} must be true or false, not {value!r}")
+    if kind in ("int", "int | None") and value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UserError(f"{name} must be a non-negative integer, not {value!r}")
+        if name in AT_LEAST_ONE and value == 0:
+            raise UserError(f"{name} must be at least 1")
     if name == "ig_steps" and value < 2:
         raise UserError("ig_steps must be at least 2")
     choices = {
@@ -233,21 +220,7 @@ def _coerce(name: str, value: Any) -> Any:
         raise UserError(f"attribution_target {value!r} must be 'predicted', 'label' or a class index")
     if name == "attribution_target":
         return str(value)
-    floats = (
-        "rare_fraction",
-        "size_budget_mb",
-        "smoothgrad_noise",
-        "sanity_threshold",
-        "vis_learning_rate",
-        "vis_rotation",
-        "vis_tv",
-        "vis_l2",
-        "vis_blur",
-        "vis_diversity",
-        "class_learning_rate",
-        "class_tv",
-    )
-    if name in floats:
+    if kind == "float":
         try:
             value = float(value)
         except (TypeError, ValueError) as e:

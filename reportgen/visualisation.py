@@ -8,13 +8,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jax
 import numpy as np
 
 from reportgen.analyses import featurevis, patches
 from reportgen.analyses.activations import LayerStatistics
-from reportgen.compute import map_examples
-from reportgen.config import Settings
+from reportgen.compute import example_keys, map_examples
+from reportgen.config import Preprocess, Settings
 from reportgen.model.engine import Engine
 from reportgen.model.load import LoadedModel
 from reportgen.progress import Progress
@@ -71,18 +70,11 @@ def vis_config(settings: Settings) -> featurevis.VisConfig:
     )
 
 
-def preprocessing(settings: Settings, channels: int) -> featurevis.Preprocessing:
-    """The configured preprocessing as broadcastable constants."""
-    pre = settings.preprocess
+def preprocessing(pre: Preprocess, channels: int) -> featurevis.Preprocessing:
+    """The configured preprocessing as per-channel constants."""
     mean = np.broadcast_to(np.asarray(pre.mean, np.float32), (channels,)).copy()
     std = np.broadcast_to(np.asarray(pre.std, np.float32), (channels,)).copy()
     return featurevis.Preprocessing(pre.scale, mean, std)
-
-
-def keys_for(seed: int, stream: int, indices: np.ndarray) -> np.ndarray:
-    """Raw key data for each index: the same filter gets the same key whatever else is computed."""
-    base = jax.random.fold_in(jax.random.key(seed), stream)
-    return np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(base, i))(np.asarray(indices))))
 
 
 def chosen_filters(stats: LayerStatistics, count: int) -> tuple[np.ndarray, str]:
@@ -107,7 +99,7 @@ def run(
     config = vis_config(settings)
     shape = model.input_shape
     basis = featurevis.colour_basis(probe_images)
-    pre = preprocessing(settings, shape[-1])
+    pre = preprocessing(settings.preprocess, shape[-1])
     conv_layers = [layer for layer in model.graph.layers if layer.kind == "conv" and layer.is_spatial]
     chunk = min(settings.chunk_size, 32)
     results = []
@@ -120,7 +112,7 @@ def run(
             fn,
             (model.variables,),
             filters,
-            keys_for(settings.seed, stream, filters),
+            example_keys(settings.seed, filters, stream),
             chunk=chunk,
             progress=progress.advance,
         )
@@ -153,7 +145,7 @@ def run(
     )
     fn = featurevis.visualise(featurevis.logit_objective(engine), class_config, shape, basis, pre)
     images, values = map_examples(
-        fn, (model.variables,), classes, keys_for(settings.seed, 0, classes), chunk=chunk, progress=progress.advance
+        fn, (model.variables,), classes, example_keys(settings.seed, classes), chunk=chunk, progress=progress.advance
     )
     progress.finish()
     return results, ClassVisualisation(images, values[:, 0])

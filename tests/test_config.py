@@ -52,6 +52,10 @@ def test_precedence_flags_over_config_over_folder_over_pyproject(tmp_path: Path)
         ("input_shape = [1, 2]\n", "is not H,W,C"),
         ("seed = [\n", "is not valid TOML"),
         ("preprocess = { std = 0 }\n", "must be non-zero"),
+        ('external_figures = "yes"\n', "must be true or false"),
+        ('rare_fraction = "often"\n', "must be a number"),
+        ("vis_steps = 0\n", "vis_steps must be at least 1"),
+        ('ig_rule = "simpson"\n', "ig_rule 'simpson' is unknown"),
     ],
 )
 def test_bad_settings(tmp_path: Path, text: str, message: str) -> None:
