@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,7 +232,9 @@ def checkpoint_digest(path: Path) -> tuple[str, int, int]:
 def restore_tree(item: Path) -> Tree:
     """Every array of an orbax checkpoint item, as numpy, in its saved tree structure."""
     try:
-        with _quiet_absl():
+        with _quiet_absl(), warnings.catch_warnings():
+            # Arrays are copied to host numpy below, so orbax's note about missing sharding is moot.
+            warnings.filterwarnings("ignore", message=".*[Ss]harding info not provided.*")
             restored = ocp.PyTreeCheckpointer().restore(item.resolve())
     except Exception as e:
         raise UserError(
