@@ -158,9 +158,7 @@ def cascade_correlations(
     return result
 
 
-def to_json(
-    result: AttributionResult, names: list[str], classes: list[str], threshold: float, settings: Any
-) -> dict[str, Any]:
+def to_json(result: AttributionResult, names: list[str], classes: list[str], threshold: float) -> dict[str, Any]:
     """The attribution numbers for report.json."""
     deletion, insertion = result.deletion_auc(), result.insertion_auc()
     per_method = {}
@@ -191,5 +189,4 @@ def to_json(
         "sanity_stages": list(result.sanity_layers),
         "sanity_images": result.sanity_images,
         "sanity_threshold": threshold,
-        "settings": settings,
     }

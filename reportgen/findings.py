@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from reportgen.analyses.activations import LayerStatistics
+from reportgen.analyses.methods import TITLES
 from reportgen.analyses.predictions import Predictions
 
 LOW_ACCURACY = 0.9
@@ -94,6 +96,21 @@ def input_findings(notes: Sequence[str], nonfinite_logits: int) -> list[Finding]
             Finding("error", "nonfinite", f"NaN or infinite logits on {nonfinite_logits} probe images", "predictions")
         )
     return found
+
+
+def attribution_findings(summary: Mapping[str, Any]) -> list[Finding]:
+    """A warning for each method whose maps survive randomising every layer."""
+    return [
+        Finding(
+            "warning",
+            "sanity-check",
+            f"{TITLES[name]} maps barely change when every layer's weights are randomised"
+            f" (Spearman {scores['sanity_final']:.2f}): they do not show what this model learned",
+            "attribution",
+        )
+        for name, scores in summary["methods"].items()
+        if scores["flagged"]
+    ]
 
 
 SEVERITY_ORDER: Mapping[str, int] = {"error": 0, "warning": 1, "info": 2}

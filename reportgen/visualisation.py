@@ -159,9 +159,7 @@ def _probe_objective(stat: Mapping[str, np.ndarray], objective: str, shape: tupl
     return stat["max"].max(axis=0)
 
 
-def to_json(
-    results: list[FilterVisualisation], classes: ClassVisualisation, class_names: list[str], config: Any
-) -> dict[str, Any]:
+def to_json(results: list[FilterVisualisation], classes: ClassVisualisation, class_names: list[str]) -> dict[str, Any]:
     """The visualisation numbers for report.json."""
     layers = {}
     for r in results:
@@ -181,7 +179,6 @@ def to_json(
             },
         }
     return {
-        "settings": config,
         "layers": layers,
         "classes": {name: float(v) for name, v in zip(class_names, classes.logits, strict=True)},
     }

@@ -1,0 +1,466 @@
+"""Report data -> view models: the figures, captions and strings each section of the report shows.
+
+Figures are encoded here (through `figures`) and kept in a `FigureStore`, which decides whether the
+HTML embeds them as data URIs or links the files written beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from reportgen import attribution, figures, visualisation
+from reportgen.analyses import methods, patches, predictions
+from reportgen.analyses.activations import LayerStatistics
+from reportgen.config import Settings
+from reportgen.data import ProbeSet
+from reportgen.findings import Finding
+from reportgen.model.graph import Layer
+from reportgen.model.load import LoadedModel, leaf_paths
+from reportgen.views import (
+    ArchitectureRow,
+    AttributionRow,
+    AttributionView,
+    ClassCard,
+    Fact,
+    FigureView,
+    FilterCard,
+    FilterRow,
+    FindingView,
+    Guess,
+    LayerView,
+    MethodScore,
+    PredictionView,
+    ReportView,
+)
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+
+CSP_EXTERNAL = (
+    "default-src 'none'; img-src data: 'self'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+)
+
+
+def slug(text: str) -> str:
+    """A lowercase id fragment."""
+    return re.sub(r"[^0-9a-z]+", "-", text.lower()).strip("-") or "layer"
+
+
+def human(n: float) -> str:
+    """1234567 -> '1.23 M'."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:g}"
+
+
+def layer_id(index: int, layer: Layer) -> str:
+    """Section id of a layer."""
+    return f"layer-{index + 1}-{slug(layer.name)}"
+
+
+def receptive_text(layer: Layer, input_shape: tuple[int, ...]) -> str:
+    """'5×5 px, stride 1' or 'whole input'."""
+    rf = layer.receptive_field
+    if rf is None:
+        return "whole input"
+    size = f"{rf.size[0]}×{rf.size[1]}" if rf.size[0] != rf.size[1] else f"{rf.size[0]}×{rf.size[0]}"
+    stride = f"{rf.stride[0]}" if rf.stride[0] == rf.stride[1] else f"{rf.stride[0]}×{rf.stride[1]}"
+    return f"{size} px, stride {stride}"
+
+
+def unit_name(layer: Layer) -> str:
+    """What one output channel of a layer is called: a filter, or a unit of a dense layer."""
+    return "filter" if layer.is_spatial else "unit"
+
+
+@dataclass(frozen=True)
+class Shown:
+    """The probe images whose activation maps are drawn, with their names."""
+
+    images: np.ndarray
+    names: list[str]
+
+
+class PredictionsSection(NamedTuple):
+    """Views of the Predictions section."""
+
+    rows: tuple[PredictionView, ...]
+    wrong: tuple[PredictionView, ...]
+    confusion: FigureView | None
+
+
+class ClassSection(NamedTuple):
+    """Views of the class visualisation section."""
+
+    cards: tuple[ClassCard, ...]
+    note: str
+
+
+class FigureStore:
+    """PNG bytes by file name, and the src each is shown with (data URI or relative path)."""
+
+    def __init__(self, external: bool) -> None:
+        self.external = external
+        self.files: dict[str, bytes] = {}
+
+    def add(self, name: str, data: bytes, alt: str, caption: str = "") -> FigureView:
+        """Keep a figure and return its view."""
+        if name in self.files:
+            raise ValueError(f"duplicate figure name {name}")
+        self.files[name] = data
+        src = f"figures/{name}" if self.external else "data:image/png;base64," + base64.b64encode(data).decode()
+        return FigureView(src, alt, caption)
+
+
+def kernel_of(model: LoadedModel, layer: Layer) -> np.ndarray | None:
+    leaves = dict(zip(leaf_paths(model.variables), jax.tree.leaves(model.variables), strict=True))
+    kernels = [np.asarray(leaves[p]) for p in layer.param_paths if np.ndim(leaves[p]) == 4]
+    return kernels[0] if len(kernels) == 1 else None
+
+
+def layer_view(
+    index: int,
+    layer: Layer,
+    stats: LayerStatistics,
+    model: LoadedModel,
+    maps: Mapping[str, np.ndarray],
+    shown: Shown,
+    settings: Settings,
+    store: FigureStore,
+    attributed: attribution.AttributionResult,
+    vis: visualisation.FilterVisualisation | None,
+    probe: ProbeSet,
+) -> LayerView:
+    """The section of one layer: facts, filters, activation maps, Grad-CAM, feature visualisation."""
+    section = layer_id(index, layer)
+    prefix = f"{index + 1:02d}-{slug(layer.name)}"
+    channels = layer.output_shape[-1]
+    unit = unit_name(layer)
+    facts = [
+        Fact("Kind", layer.kind + (f" + {layer.activation}" if layer.activation else "")),
+        Fact("Output shape", " × ".join(map(str, layer.output_shape))),
+        Fact("Parameters", f"{layer.params:,}"),
+        Fact("FLOPs per image", human(layer.flops)),
+        Fact("Receptive field", receptive_text(layer, model.input_shape)),
+        Fact(
+            f"Dead {unit}s",
+            f"{len(stats.dead)} of {channels}" if stats.nonnegative else "n/a (outputs can be negative)",
+        ),
+    ]
+    figs: list[FigureView] = []
+    kernel = kernel_of(model, layer) if layer.kind == "conv" else None
+    if kernel is not None:
+        colour = (
+            "in colour (RGB weights scaled per filter)"
+            if kernel.shape[2] == 3
+            else ("mean over input channels, blue negative, red positive")
+        )
+        figs.append(
+            store.add(
+                f"{prefix}-filters.png", figures.filter_grid(kernel), f"{layer.name} filters", f"Filters {colour}."
+            )
+        )
+        figs.append(
+            store.add(f"{prefix}-filter-norms.png", figures.filter_norm_chart(kernel), f"{layer.name} filter norms", "")
+        )
+    if layer.name in maps:
+        layer_maps = maps[layer.name]
+        n_all = settings.activation_images or len(layer_maps)
+        for j in range(min(n_all, len(layer_maps))):
+            figs.append(
+                store.add(
+                    f"{prefix}-channels-{j + 1}.png",
+                    figures.channel_grid(layer_maps[j]),
+                    f"{layer.name}, all {channels} channels on {shown.names[j]}",
+                    f"All {channels} channels on {shown.names[j]} (each map scaled to its own maximum).",
+                )
+            )
+        across = settings.channels_across or channels
+        picked = [int(c) for c in np.argsort(-stats.mean, kind="stable")[: min(across, channels)]]
+        n_across = min(settings.channel_images or len(layer_maps), len(layer_maps))
+        figs.append(
+            store.add(
+                f"{prefix}-across-images.png",
+                figures.channel_across_images(layer_maps[:n_across], shown.images[:n_across], picked),
+                f"{layer.name} channels across probe images",
+                "First row: probe images. Each further row: one channel across them — the "
+                f"{len(picked)} most active channels, in order: {', '.join(map(str, picked))}.",
+            )
+        )
+    if layer.name in attributed.layer_cams:
+        display_images = probe.images[attributed.indices]
+        n = min(10, len(display_images))
+        figs.append(
+            store.add(
+                f"{prefix}-grad-cam.png",
+                figures.cam_row(display_images[:n], attributed.layer_cams[layer.name][:n]),
+                f"Grad-CAM at {layer.name}",
+                f"Grad-CAM at this layer for the explained class of the first {n} attribution images "
+                "(inferno scale: dark is no evidence, yellow the map's strongest evidence).",
+            )
+        )
+    figs.append(
+        store.add(
+            f"{prefix}-statistics.png",
+            figures.statistics_chart(stats.mean, stats.firing, stats.max),
+            f"{layer.name} statistics",
+            "",
+        )
+    )
+    alerts = []
+    if stats.dead:
+        alerts.append(f"Dead {unit}s (zero on every probe image): {', '.join(map(str, stats.dead))}")
+    if stats.rare:
+        rare = ", ".join(map(str, stats.rare))
+        alerts.append(f"Rarely firing {unit}s (on fewer than {settings.rare_fraction:.0%} of probe images): {rare}")
+    if stats.nonfinite_images:
+        alerts.append(f"NaN or infinite outputs on {stats.nonfinite_images} probe images")
+    rows = tuple(
+        FilterRow(
+            str(c),
+            f"{stats.mean[c]:.4g}",
+            f"{stats.firing[c]:.0%}",
+            f"{stats.max[c]:.4g}",
+            "dead" if c in stats.dead else "rare" if c in stats.rare else "",
+        )
+        for c in range(channels)
+    )
+    title = f"{index + 1}. {layer.name}"
+    summary, cards = filter_cards(vis, layer, probe, store, prefix) if vis is not None else ("", ())
+    return LayerView(section, title, layer.kind, tuple(facts), tuple(figs), tuple(alerts), rows, summary, cards)
+
+
+def filter_cards(
+    vis: visualisation.FilterVisualisation, layer: Layer, probe: ProbeSet, store: FigureStore, prefix: str
+) -> tuple[str, tuple[FilterCard, ...]]:
+    """One card per visualised filter: its synthesised image and top probe patches."""
+    rf = layer.receptive_field
+    assert rf is not None
+    cards = []
+    for k, f in enumerate(vis.filters.tolist()):
+        image = store.add(
+            f"{prefix}-vis-{f:03d}.png",
+            figures.thumbnail(vis.images[k, 0], zoom=2),
+            f"{layer.name} filter {f} synthesised",
+        )
+        crops = [
+            patches.crop(probe.images[int(i)], rf, int(r), int(c))
+            for i, r, c in zip(vis.top.images[f], vis.top.rows[f], vis.top.cols[f], strict=True)
+        ]
+        patch_views = tuple(
+            store.add(
+                f"{prefix}-patch-{f:03d}-{j + 1}.png",
+                figures.thumbnail(crop, zoom=figures.zoom_for(crop.shape[0], 32)),
+                f"{layer.name} filter {f}: patch of {probe.names[int(vis.top.images[f, j])]}",
+            )
+            for j, crop in enumerate(crops)
+        )
+        dead = bool(vis.dead[k])
+        status = "dead" if dead else ("beats" if vis.beats_probes[k] else "")
+        caption = f"#{f} · {vis.activation[k]:.3g} (probes ≤ {vis.probe_best[k]:.3g})" + (" · dead" if dead else "")
+        cards.append(FilterCard(image, patch_views, caption, status))
+    fraction = vis.beat_fraction
+    beaten = "no live filters" if fraction is None else f"{fraction:.0%} of the {int((~vis.dead).sum())} live ones"
+    summary = (
+        f"Synthesised images for {vis.selection}, beside the probe patches (the receptive field around the strongest"
+        f" unit) that excite each filter most. The synthesised image beats every probe image for {beaten}."
+    )
+    return summary, tuple(cards)
+
+
+def predictions_section(
+    probe: ProbeSet, pred: predictions.Predictions, classes: list[str], store: FigureStore
+) -> PredictionsSection:
+    """Every probe image's top-5, the misclassified ones, and the confusion matrix."""
+    rows = tuple(prediction_view(i, probe, pred, classes, store, "probe") for i in range(len(probe.names)))
+    confusion = (
+        store.add(
+            "confusion-matrix.png",
+            figures.confusion_chart(pred.confusion),
+            "confusion matrix",
+            "Rows: true class; columns: predicted class; red boxes: errors.",
+        )
+        if pred.confusion is not None
+        else None
+    )
+    return PredictionsSection(rows, tuple(p for p in rows if p.verdict == "wrong"), confusion)
+
+
+def prediction_view(
+    i: int, probe: ProbeSet, pred: predictions.Predictions, classes: list[str], store: FigureStore, prefix: str
+) -> PredictionView:
+    label = int(pred.labels[i])
+    verdict = "" if label < 0 else ("correct" if pred.predicted[i] == label else "wrong")
+    image = store.add(f"{prefix}-{i + 1:04d}.png", figures.thumbnail(probe.images[i]), probe.names[i], "")
+    top = tuple(Guess(classes[int(k)], f"{p:.1%}") for k, p in zip(pred.top_classes[i], pred.top_probs[i], strict=True))
+    return PredictionView(image, probe.names[i], classes[label] if label >= 0 else "—", verdict, top)
+
+
+def class_cards(
+    vis: visualisation.ClassVisualisation,
+    probe: ProbeSet,
+    pred: predictions.Predictions,
+    classes: list[str],
+    store: FigureStore,
+) -> ClassSection:
+    """Each class's synthesised image beside the first correctly classified probe image of it."""
+    cards = []
+    for k, name in enumerate(classes):
+        image = store.add(f"class-{k:03d}.png", figures.thumbnail(vis.images[k, 0], zoom=3), f"{name} synthesised")
+        hits = np.flatnonzero((probe.labels == k) & (pred.predicted == k))
+        example = (
+            store.add(
+                f"class-{k:03d}-example.png", figures.thumbnail(probe.images[hits[0]], zoom=3), probe.names[hits[0]]
+            )
+            if len(hits)
+            else None
+        )
+        cards.append(ClassCard(name, image, example, f"logit {vis.logits[k]:.3g}"))
+    note = (
+        "Each image maximises one class logit (before softmax), starting from noise; beside it, the first"
+        " probe image of that class the model classifies correctly."
+    )
+    return ClassSection(tuple(cards), note)
+
+
+def attribution_view(
+    result: attribution.AttributionResult,
+    summary: Mapping[str, Any],
+    probe: ProbeSet,
+    classes: list[str],
+    settings: Settings,
+    store: FigureStore,
+) -> AttributionView:
+    """Every method on every explained image, the scores table and the curves."""
+    titles = tuple(methods.TITLES[m] for m in methods.METHODS)
+    rows = []
+    for k, i in enumerate(result.indices.tolist()):
+        image = probe.images[i]
+        tiles = tuple(
+            store.add(
+                f"attribution-{k + 1:03d}-{m.replace('_', '-')}.png",
+                figures.attribution_tile(image, result.maps[m][k], m in methods.SIGNED),
+                f"{methods.TITLES[m]} on {probe.names[i]}",
+            )
+            for m in methods.METHODS
+        )
+        picture = store.add(f"attribution-{k + 1:03d}-image.png", figures.thumbnail(image, zoom=2), probe.names[i])
+        rows.append(AttributionRow(picture, probe.names[i], classes[int(result.targets[k])], tiles))
+    scores = tuple(
+        MethodScore(
+            methods.TITLES[m],
+            f"{summary['methods'][m]['deletion_auc']:.3f}",
+            f"{summary['methods'][m]['insertion_auc']:.3f}",
+            f"{summary['methods'][m]['sanity_final']:.2f}",
+            "survives randomisation" if summary["methods"][m]["flagged"] else "",
+        )
+        for m in methods.METHODS
+    )
+    curves = store.add(
+        "attribution-faithfulness.png",
+        figures.faithfulness_chart(
+            titles,
+            np.stack([summary["methods"][m]["deletion_curve"] for m in methods.METHODS]),
+            np.stack([summary["methods"][m]["insertion_curve"] for m in methods.METHODS]),
+        ),
+        "deletion and insertion curves",
+        "Mean class probability as the most important pixels are removed (left, turned black) or revealed"
+        " on a blurred copy (right).",
+    )
+    sanity_figure = store.add(
+        "attribution-sanity.png",
+        figures.sanity_chart(titles, result.sanity_layers, result.sanity),
+        "cascading randomisation",
+        f"Each step re-initialises one more layer, from the top down, on {result.sanity_images} images;"
+        " a faithful method's correlation falls towards 0.",
+    )
+    s = settings
+    notes = (
+        f"CAM methods use layer {result.cam_layer}; each conv and pooling layer's section shows Grad-CAM there.",
+        f"SmoothGrad: {s.smoothgrad_samples} samples, noise {s.smoothgrad_noise:g} of the value range."
+        f" Integrated Gradients: {s.ig_steps} steps, {s.ig_rule} rule, {s.ig_baseline} baseline."
+        f" Occlusion: {s.occlusion_window}-pixel window, stride {s.occlusion_stride}, black fill.",
+        f"Explained class: {s.attribution_target}.",
+    )
+    return AttributionView(titles, tuple(rows), scores, curves, sanity_figure, notes)
+
+
+def report_view(
+    settings: Settings,
+    model: LoadedModel,
+    probe: ProbeSet,
+    pred: predictions.Predictions,
+    found: list[Finding],
+    layer_views: list[LayerView],
+    predictions: PredictionsSection,
+    attribution: AttributionView,
+    classes: ClassSection,
+    data: Mapping[str, Any],
+) -> ReportView:
+    """The whole report's view model."""
+    ck = model.checkpoint
+    accuracy = (
+        "no labels" if pred.accuracy is None else f"{pred.accuracy:.1%} of {int(pred.labelled.sum())} labelled images"
+    )
+    overview = (
+        Fact("Model", settings.model),
+        Fact("Model class", f"{model.class_name} (Flax {model.api})"),
+        Fact("Checkpoint", ck.path + (f" (step {ck.step})" if ck.step is not None else "")),
+        Fact("Checkpoint sha256", ck.sha256),
+        Fact("Parameters", f"{model.num_params:,}"),
+        Fact("Input shape", " × ".join(map(str, model.input_shape))),
+        Fact("Classes", str(model.graph.num_classes)),
+        Fact("Probe images", f"{len(probe.names)} from {settings.images}"),
+        Fact("Probe accuracy", accuracy),
+        Fact("Layers", str(len(model.graph.layers))),
+    )
+    architecture = tuple(
+        ArchitectureRow(
+            "#" + view.id,
+            layer.name,
+            layer.kind + (f" + {layer.activation}" if layer.activation else ""),
+            " × ".join(map(str, layer.output_shape)),
+            f"{layer.params:,}",
+            human(layer.flops),
+            receptive_text(layer, model.input_shape),
+        )
+        for layer, view in zip(model.graph.layers, layer_views, strict=True)
+    )
+    prov = data["provenance"]
+    provenance = (
+        *(Fact(k, v) for k, v in prov["versions"].items()),
+        Fact("python", prov["python"]),
+        Fact("backend", prov["backend"]),
+        Fact("devices", ", ".join(prov["devices"])),
+        Fact("seed", str(prov["seed"])),
+        Fact("command", prov["command"] or "(Python API)"),
+        Fact("date", prov["date"]),
+    )
+    timings = tuple(Fact(k, f"{v:.2f} s") for k, v in data["timings"].items())
+    return ReportView(
+        title=f"reportgen: {model.class_name}",
+        csp=CSP_EXTERNAL if settings.external_figures else CSP,
+        overview=overview,
+        findings=tuple(FindingView(f.severity, f.message, "#" + f.section) for f in found),
+        architecture=architecture,
+        accuracy=accuracy,
+        predictions=predictions.rows,
+        confusion=predictions.confusion,
+        misclassified=predictions.wrong,
+        attribution=attribution,
+        layers=tuple(layer_views),
+        classes=classes.cards,
+        classes_note=classes.note,
+        provenance=provenance,
+        timings=timings,
+        settings_json=json.dumps(prov["settings"], indent=2, sort_keys=True),
+    )
