@@ -7,6 +7,7 @@ previous one.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -267,14 +268,20 @@ def _findings(
     """Every finding, most severe first."""
     found = input_findings(probe.warnings, nonfinite_logits)
     found += prediction_findings(pred, probe.names, classes)
+    previous: LayerStatistics | None = None
     for i, layer in enumerate(layers):
+        stats = layer_stats[layer.name]
+        if "pool" in layer.kind and previous is not None and len(previous.mean) == len(stats.mean):
+            # A pooled dead channel is dead because its input is: report only what pooling adds.
+            stats = dataclasses.replace(
+                stats,
+                dead=tuple(c for c in stats.dead if c not in previous.dead),
+                rare=tuple(c for c in stats.rare if c not in previous.rare and c not in previous.dead),
+            )
         found += layer_findings(
-            layer.name,
-            sections.layer_id(i, layer),
-            layer_stats[layer.name],
-            layer.output_shape[-1],
-            sections.unit_name(layer),
+            layer.name, sections.layer_id(i, layer), stats, layer.output_shape[-1], sections.unit_name(layer)
         )
+        previous = layer_stats[layer.name]
     found += attribution_findings(attribution_json)
     return ordered(found)
 

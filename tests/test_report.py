@@ -225,3 +225,32 @@ def test_size_budget_warns_and_external_figures_link_files(
     parser.feed(html)
     srcs = [u for u in parser.urls if not u.startswith("#")]
     assert srcs and all(u.startswith("figures/") and (tmp_path / "b" / u).is_file() for u in srcs)
+
+
+def test_pooling_does_not_repeat_the_dead_filters_of_its_input() -> None:
+    import dataclasses as dc
+
+    from reportgen.analyses.activations import LayerStatistics
+    from reportgen.report import _findings
+
+    def stats(dead: tuple[int, ...]) -> LayerStatistics:
+        return LayerStatistics(np.ones(4), np.ones(4), np.ones(4), True, dead, (), 0)
+
+    from reportgen.model.graph import Layer, ReceptiveField
+
+    rf = ReceptiveField((3, 3), (1, 1), (0.0, 0.0))
+    conv = Layer("conv", "conv", (4, 4, 4), 1, 1, rf, "relu", 0)
+    pool = dc.replace(conv, name="pool", kind="max_pool", activation=None)
+    from reportgen.analyses.predictions import summarize
+    from reportgen.data import ProbeSet
+
+    probe = ProbeSet(np.zeros((1, 4, 4, 3)), ("x.png",), np.array([-1]), ())
+    pred = summarize(np.array([[1.0]]), probe.labels)
+    found = _findings(
+        probe, pred, ["a"], (conv, pool), {"conv": stats((1, 2)), "pool": stats((1, 2, 3))}, 0, {"methods": {}}
+    )
+    dead = [f.message for f in found if f.code == "dead-filters"]
+    assert dead == [
+        "conv: 2 of 4 filters are dead (zero on every probe image): 1, 2",
+        "pool: 1 of 4 filters are dead (zero on every probe image): 3",
+    ]
