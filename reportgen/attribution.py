@@ -24,7 +24,7 @@ class AttributionResult:
     indices: np.ndarray  # (N,) probe image indices
     targets: np.ndarray  # (N,) class explained
     maps: dict[str, np.ndarray]  # method -> (N, H, W)
-    layer_cams: dict[str, np.ndarray]  # layer -> (N, h, w) Grad-CAM at that layer
+    layer_cams: dict[str, dict[str, np.ndarray]]  # layer -> LAYER_CAMS method -> (N, h, w)
     cam_layer: str
     deletion: np.ndarray  # (N, M, steps + 1)
     insertion: np.ndarray  # (N, M, steps + 1)
@@ -121,7 +121,7 @@ def run(
         indices=indices,
         targets=np.asarray(out["target"]),
         maps={m: stacked[:, k] for k, m in enumerate(methods.METHODS)},
-        layer_cams=dict(out["layer_cams"]),
+        layer_cams={layer: dict(cams) for layer, cams in out["layer_cams"].items()},
         cam_layer=cam_layer,
         deletion=np.asarray(deletion),
         insertion=np.asarray(insertion),

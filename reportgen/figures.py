@@ -195,12 +195,16 @@ def _resize_bilinear(heat: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
     return np.asarray(resized)
 
 
-def cam_row(images: np.ndarray, cams: np.ndarray, columns: int = 10) -> bytes:
-    """Grad-CAM maps of one layer over their images, one tile per image."""
+def cam_rows(images: np.ndarray, rows: Sequence[np.ndarray]) -> bytes:
+    """One row per CAM method, one column per image: each (N, h, w) map over its image."""
     tiles = np.stack(
-        [overlay(img, _resize_bilinear(c, img.shape[:2]), signed=False) for img, c in zip(images, cams, strict=True)]
+        [
+            overlay(img, _resize_bilinear(c, img.shape[:2]), signed=False)
+            for cams in rows
+            for img, c in zip(images, cams, strict=True)
+        ]
     )
-    return png(grid(tiles, columns, zoom_for(images.shape[1], 64), gap=2))
+    return png(grid(tiles, len(images), zoom_for(images.shape[1], 64), gap=2))
 
 
 def faithfulness_chart(titles: Sequence[str], deletion: np.ndarray, insertion: np.ndarray) -> bytes:

@@ -199,13 +199,15 @@ def layer_view(
     if layer.name in attributed.layer_cams:
         display_images = probe.images[attributed.indices]
         n = min(10, len(display_images))
+        cams = attributed.layer_cams[layer.name]
         figs.append(
             store.add(
-                f"{prefix}-grad-cam.png",
-                figures.cam_row(display_images[:n], attributed.layer_cams[layer.name][:n]),
-                f"Grad-CAM at {layer.name}",
-                f"Grad-CAM at this layer for the explained class of the first {n} attribution images "
-                "(inferno scale: dark is no evidence, yellow the map's strongest evidence).",
+                f"{prefix}-cams.png",
+                figures.cam_rows(display_images[:n], [cams[m][:n] for m in methods.LAYER_CAMS]),
+                f"class activation maps at {layer.name}",
+                f"Rows: {', '.join(methods.TITLES[m] for m in methods.LAYER_CAMS)} at this layer, for the explained"
+                f" class of the first {n} attribution images (inferno scale: dark is no evidence, yellow the"
+                " map's strongest evidence).",
             )
         )
     figs.append(
@@ -385,7 +387,8 @@ def attribution_view(
     )
     s = settings
     notes = (
-        f"CAM methods use layer {result.cam_layer}; each conv and pooling layer's section shows Grad-CAM there.",
+        f"The Attribution CAMs use layer {result.cam_layer}; each conv and pooling layer's section shows"
+        " Grad-CAM, Grad-CAM++ and Layer-CAM at that layer.",
         f"SmoothGrad: {s.smoothgrad_samples} samples, noise {s.smoothgrad_noise:g} of the value range."
         f" Integrated Gradients: {s.ig_steps} steps, {s.ig_rule} rule, {s.ig_baseline} baseline."
         f" Occlusion: {s.occlusion_window}-pixel window, stride {s.occlusion_stride}, black fill.",

@@ -32,6 +32,9 @@ METHODS = (
     "guided_grad_cam",
     "occlusion",
 )
+LAYER_CAMS = ("grad_cam", "grad_cam_pp", "layer_cam")
+"""CAMs drawn at every conv and pooling layer: all three come from the one shared backward pass."""
+
 SIGNED = frozenset({"gradient_x_input", "integrated_gradients", "occlusion"})
 """Methods whose sign means something (evidence for or against the class)."""
 
@@ -83,7 +86,7 @@ def maps_function(
     black: np.ndarray,
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], dict[str, Any]]:
     """Per-example function (variables, image, target, key_data) -> every method's 2-D map at input
-    resolution (`maps`), Grad-CAM at each of `layer_cams` at its own resolution (`layer_cams`),
+    resolution (`maps`), the LAYER_CAMS at each of `layer_cams` at its own resolution (`layer_cams`),
     the target used and the logits. Target -1 means the predicted class; `key_data` is
     `jax.random.key_data` of the example's key (plain integers batch like any array)."""
     layers = sorted({cam_layer, *layer_cams}, key=[layer.name for layer in engine.graph.layers].index)
@@ -119,7 +122,13 @@ def maps_function(
         }
         return {
             "maps": {name: importance(name, value) for name, value in raw.items()},
-            "layer_cams": {name: cam.grad_cam(shared.activations[name], shared.gradients[name]) for name in layer_cams},
+            "layer_cams": {
+                name: {
+                    method: getattr(cam, method)(shared.activations[name], shared.gradients[name])
+                    for method in LAYER_CAMS
+                }
+                for name in layer_cams
+            },
             "target": target,
             "logits": shared.logits,
         }
