@@ -16,6 +16,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports mistakes as one line and exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        """Print the mistake as one line and exit with status 2."""
         sys.stderr.write(f"reportgen: error: {message}; see reportgen {self.prog.split()[-1]} --help\n")
         raise SystemExit(2)
 

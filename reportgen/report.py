@@ -67,7 +67,9 @@ class BuildResult:
 
 
 def rounded(value: Any) -> Any:
-    """JSON-ready numbers: 6 significant digits, non-finite as None."""
+    """JSON-ready values, through dicts and lists: floats to 6 significant digits, non-finite as None."""
+    if isinstance(value, Mapping):
+        return {k: rounded(v) for k, v in value.items()}
     if isinstance(value, np.ndarray):
         return [rounded(v) for v in value.tolist()]
     if isinstance(value, list | tuple):
@@ -140,15 +142,6 @@ def _maps(
 
 # ---------------------------------------------------------------------------------------------
 # Sections
-
-
-def rounded_tree(value: Any) -> Any:
-    """`rounded` applied through dicts and lists."""
-    if isinstance(value, dict):
-        return {k: rounded_tree(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [rounded_tree(v) for v in value]
-    return rounded(value)
 
 
 def _versions() -> dict[str, str]:
@@ -238,8 +231,8 @@ def build(settings: Settings, command: str = "", progress: Progress | None = Non
     progress.finish()
 
     data = report_data(settings, command, model, probe, classes, pred, layer_stats, found, dict(progress.timings))
-    data["attribution"] = rounded_tree(attribution_json)
-    data["feature_visualisation"] = rounded_tree(visualisation.to_json(filter_vis, class_vis, classes))
+    data["attribution"] = rounded(attribution_json)
+    data["feature_visualisation"] = rounded(visualisation.to_json(filter_vis, class_vis, classes))
     view = sections.report_view(
         settings, model, probe, pred, found, layer_views, predictions_section, attribution_section, class_section, data
     )

@@ -122,6 +122,7 @@ class FigureStore:
 
 
 def kernel_of(model: LoadedModel, layer: Layer) -> np.ndarray | None:
+    """The layer's 4-D convolution kernel (kh, kw, C_in, F), if it has exactly one."""
     leaves = dict(zip(leaf_paths(model.variables), jax.tree.leaves(model.variables), strict=True))
     kernels = [np.asarray(leaves[p]) for p in layer.param_paths if np.ndim(leaves[p]) == 4]
     return kernels[0] if len(kernels) == 1 else None
@@ -300,6 +301,7 @@ def predictions_section(
 def prediction_view(
     i: int, probe: ProbeSet, pred: predictions.Predictions, classes: list[str], store: FigureStore, prefix: str
 ) -> PredictionView:
+    """One probe image with its top classes and whether they are right."""
     label = int(pred.labels[i])
     verdict = "" if label < 0 else ("correct" if pred.predicted[i] == label else "wrong")
     image = store.add(f"{prefix}-{i + 1:04d}.png", figures.thumbnail(probe.images[i]), probe.names[i], "")

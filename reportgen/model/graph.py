@@ -165,6 +165,7 @@ class _Flattener:
         self.count = 0
 
     def new_var(self, var: jcore.Var) -> int:
+        """A fresh integer id for a jaxpr variable, recording its shape and dtype."""
         vid = self.count
         self.count += 1
         aval: Any = var.aval
@@ -173,6 +174,7 @@ class _Flattener:
         return vid
 
     def inline(self, jaxpr: jcore.Jaxpr, consts: Sequence[Any], args: Sequence[Operand], scope: str) -> list[Operand]:
+        """Append the equations of `jaxpr` applied to `args`, recursing into calls; its outputs."""
         env: dict[jcore.Var, Operand] = {}
         for var, value in zip(jaxpr.constvars, consts, strict=True):
             env[var] = Const(value)
