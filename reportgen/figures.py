@@ -103,11 +103,6 @@ def filter_grid(kernel: np.ndarray, columns: int = 16) -> bytes:
     return png(grid(tiles.astype(np.float32), columns, zoom_for(kh, 48), gap=2))
 
 
-def image_row(images: np.ndarray, columns: int = 12, zoom: int = 3) -> bytes:
-    """Probe images as a grid."""
-    return png(grid(to_rgb(images), columns, zoom, gap=2))
-
-
 def thumbnail(image: np.ndarray, zoom: int = 3) -> bytes:
     """One probe image enlarged."""
     return png(grid(to_rgb(image[None]), 1, zoom, gap=0))

@@ -67,12 +67,12 @@ def layer_id(index: int, layer: Layer) -> str:
     return f"layer-{index + 1}-{slug(layer.name)}"
 
 
-def receptive_text(layer: Layer, input_shape: tuple[int, ...]) -> str:
+def receptive_text(layer: Layer) -> str:
     """'5×5 px, stride 1' or 'whole input'."""
     rf = layer.receptive_field
     if rf is None:
         return "whole input"
-    size = f"{rf.size[0]}×{rf.size[1]}" if rf.size[0] != rf.size[1] else f"{rf.size[0]}×{rf.size[0]}"
+    size = f"{rf.size[0]}×{rf.size[1]}"
     stride = f"{rf.stride[0]}" if rf.stride[0] == rf.stride[1] else f"{rf.stride[0]}×{rf.stride[1]}"
     return f"{size} px, stride {stride}"
 
@@ -151,7 +151,7 @@ def layer_view(
         Fact("Output shape", " × ".join(map(str, layer.output_shape))),
         Fact("Parameters", f"{layer.params:,}"),
         Fact("FLOPs per image", human(layer.flops)),
-        Fact("Receptive field", receptive_text(layer, model.input_shape)),
+        Fact("Receptive field", receptive_text(layer)),
         Fact(
             f"Dead {unit}s",
             f"{len(stats.dead)} of {channels}" if stats.nonnegative else "n/a (outputs can be negative)",
@@ -436,7 +436,7 @@ def report_view(
             " × ".join(map(str, layer.output_shape)),
             f"{layer.params:,}",
             human(layer.flops),
-            receptive_text(layer, model.input_shape),
+            receptive_text(layer),
         )
         for layer, view in zip(model.graph.layers, layer_views, strict=True)
     )

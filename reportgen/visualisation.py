@@ -118,7 +118,7 @@ def run(
         )
         progress.finish()
         layer_stat = stats[layer.name]
-        probe_best = _probe_objective(layer_stat, config.objective, layer.output_shape)[filters]
+        probe_best = _probe_objective(layer_stat, config.objective)[filters]
         results.append(
             FilterVisualisation(
                 layer=layer.name,
@@ -151,7 +151,7 @@ def run(
     return results, ClassVisualisation(images, values[:, 0])
 
 
-def _probe_objective(stat: Mapping[str, np.ndarray], objective: str, shape: tuple[int, ...]) -> np.ndarray:
+def _probe_objective(stat: Mapping[str, np.ndarray], objective: str) -> np.ndarray:
     """The best value of the visualisation objective over the probe images, per channel."""
     if objective == "channel_mean":
         return stat["mean"].max(axis=0)

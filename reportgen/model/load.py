@@ -503,13 +503,13 @@ def load_model(
     if api == "linen":
         flat = strip_scope_root(flat)
     graph = build_graph(flat, leaf_paths(variables))
-    _validate(graph, shape, spec)
+    _validate(graph, spec)
     sha, files, size = checkpoint_digest(item)
     info = CheckpointInfo(str(checkpoint), chosen_step, sha, files, size)
     return LoadedModel(spec, api, type(module).__name__, apply, variables, shape, graph, info)
 
 
-def _validate(graph: Graph, shape: tuple[int, int, int], spec: str) -> None:
+def _validate(graph: Graph, spec: str) -> None:
     (out,) = graph.flat.outputs
     out_shape = graph.flat.shapes[out] if isinstance(out, int) else ()
     if len(out_shape) != 1:
