@@ -39,8 +39,11 @@ format: $(STAMP) ## Apply ruff formatting and fixes
 	$(BIN)/ruff format reportgen tests models
 	$(BIN)/ruff check --fix reportgen tests models
 
-bench: $(STAMP) ## Run the benchmarks (not part of the tests): engine vs Flax apply, attribution times
+bench: $(STAMP) ## Run the benchmarks (not part of the tests): engine, Captum side by side, scaling
+	$(BIN)/python -c "import torch, captum" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/peer_captum.py
+	$(BIN)/python benchmarks/scale.py
 
 train-demo: $(STAMP) ## Retrain the demo model from scratch (about 10 minutes on 2 cores)
 	$(BIN)/python $(DEMO)/train.py

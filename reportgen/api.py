@@ -10,6 +10,7 @@ Images are float arrays (N, H, W, C) in the model's input space; results are num
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,10 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reportgen import plan
 from reportgen.analyses import cam, featurevis
-from reportgen.analyses import occlusion as occlusion_methods
-from reportgen.analyses import saliency as saliency_methods
-from reportgen.compute import example_keys, map_examples
+from reportgen.analyses import methods as method_names
+from reportgen.attribution import MethodRunner, Passes
+from reportgen.compute import example_keys, iterate_examples, map_examples, workers
 from reportgen.config import Preprocess
 from reportgen.model.engine import Engine
 from reportgen.model.graph import Layer
@@ -31,6 +33,7 @@ __all__ = [
     "LoadedModel",
     "activation_maximization",
     "activations",
+    "attribute",
     "class_visualization",
     "deconvnet",
     "grad_cam",
@@ -63,78 +66,141 @@ def layer_info(model: LoadedModel) -> list[Layer]:
 
 def predict(model: LoadedModel, images: np.ndarray, chunk: int = 32) -> np.ndarray:
     """Logits (N, K)."""
-    engine = Engine(model.graph)
-    return map_examples(engine.logits, (model.variables,), _images(model, images), chunk=chunk)
+    engine = _engine(model)
+    logits = _cached(model, ("logits",), lambda: lambda variables, image: engine.logits(variables, image))
+    return map_examples(logits, (model.variables,), _images(model, images), chunk=chunk)
 
 
 def activations(
     model: LoadedModel, images: np.ndarray, layers: Sequence[str] | None = None, chunk: int = 32
 ) -> dict[str, np.ndarray]:
     """Outputs of the named layers (all by default), each (N, *layer.output_shape)."""
-    engine = Engine(model.graph)
+    engine = _engine(model)
     names = list(layers) if layers is not None else model.layers
     for name in names:
         model.graph.layer(name)
 
-    def per_example(variables: Any, image: jax.Array) -> dict[str, jax.Array]:
-        return engine.layer_outputs(variables, image, names)
+    def build() -> Callable[[Any, jax.Array], dict[str, jax.Array]]:
+        return lambda variables, image: engine.layer_outputs(variables, image, names)
 
+    per_example = _cached(model, ("activations", tuple(names)), build)
     return map_examples(per_example, (model.variables,), _images(model, images), chunk=chunk)
 
 
 # ---------------------------------------------------------------------------------------------
 # Attribution: raw, signed, un-normalised maps for (N, H, W, C) images in the model's input space.
 
-_FUNCTIONS: dict[tuple[Any, ...], tuple[Any, Callable[..., Any]]] = {}
+_RUNNERS: weakref.WeakKeyDictionary[LoadedModel, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+"""Per model: method runners, engines and pass budgets, built once so that a second call with the
+same options does not recompile; they go when the model goes."""
 
 
-def _batched(
-    model: LoadedModel, name: str, options: tuple[Any, ...], build: Callable[[Engine], Callable[..., Any]]
-) -> Callable[..., Any]:
-    """The per-example function for a method and options, built once per model so it compiles once."""
-    key = (id(model.graph), name, options)
-    cached = _FUNCTIONS.get(key)
-    if cached is None or cached[0] is not model.graph:
-        cached = (model.graph, build(Engine(model.graph)))
-        _FUNCTIONS[key] = cached
-    return cached[1]
+def _cached(model: LoadedModel, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    cache = _RUNNERS.setdefault(model, {})
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
 
 
-def _targets(images: np.ndarray, targets: Sequence[int] | np.ndarray | None) -> np.ndarray:
+def _engine(model: LoadedModel) -> Engine:
+    return _cached(model, ("engine",), lambda: Engine(model.graph))
+
+
+def _passes(model: LoadedModel, chunk: int | None) -> Passes:
+    """Passes at once: `chunk` of each kind, or the planner's budget for this model and device."""
+    if chunk is not None:
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1, not {chunk}")
+        return Passes(0, forward=chunk, gradient=chunk)
+
+    def default() -> Passes:
+        platform, _, free = plan.free_memory()
+        return plan.budget(plan.model_cost(model.graph), 0.0, platform, free, workers())
+
+    return _cached(model, ("passes",), default)
+
+
+def _targets(model: LoadedModel, images: np.ndarray, targets: Sequence[int] | np.ndarray | None) -> np.ndarray:
     if targets is None:
         return np.full(len(images), -1, np.int32)
-    array = np.asarray(targets, np.int32).reshape(-1)
+    array = np.asarray(targets).reshape(-1)
     if array.shape != (len(images),):
         raise ValueError(f"targets must have one class index per image ({len(images)}); got shape {array.shape}")
-    return array
+    classes = model.graph.num_classes
+    if not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() >= classes:
+        raise ValueError(f"targets must be class indices in 0..{classes - 1}; got {array.tolist()[:8]}")
+    return array.astype(np.int32)
 
 
-def _gradient_method(model: LoadedModel, images: np.ndarray, targets: Any, name: str, chunk: int) -> np.ndarray:
-    method = getattr(saliency_methods, name)
-    fn = _batched(model, name, (), lambda e: lambda v, x, t: method(e, v, x, t))
+def attribute(
+    model: LoadedModel,
+    images: np.ndarray,
+    targets: Any = None,
+    *,
+    methods: Sequence[str] = method_names.METHODS,
+    cam_layer: str | None = None,
+    cam_layers: Sequence[str] = (),
+    seed: int = 0,
+    baselines: np.ndarray | None = None,
+    chunk: int | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Several attribution methods at once, sharing passes: {method: raw output}, plus
+    `"layer_cams"`: {layer: {"grad_cam" | "grad_cam_pp" | "layer_cam": (N, h, w)}} for every layer of
+    `cam_layers` (and `cam_layer`) from the same backward pass.
+
+    `cam_layer` (default: the last convolution) is where Grad-CAM, Grad-CAM++, Layer-CAM, Score-CAM
+    and guided Grad-CAM are taken; their maps are upsampled to the input. Options are the fields
+    of `reportgen.analyses.methods.AttributionConfig` (`smoothgrad_samples`, `smoothgrad_noise`,
+    `ig_steps`, `ig_baseline`, `ig_rule`, `occlusion_window`, `occlusion_stride`,
+    `occlusion_fill`). `baselines` (N, H, W, C) replaces `ig_baseline` with one IG starting
+    image per example. `chunk` bounds the passes held at once (default: the planner's budget).
+    """
     x = _images(model, images)
-    return map_examples(fn, (model.variables,), x, _targets(x, targets), chunk=chunk)
+    try:
+        config = method_names.AttributionConfig(**options)
+    except TypeError as e:
+        raise ValueError(f"unknown attribution option: {e}") from e
+    layer = cam_layer or model.graph.cam_layer
+    for name in (layer, *cam_layers):
+        if not model.graph.layer(name).is_spatial:
+            raise ValueError(f"layer {name!r} has no spatial output; CAMs need a conv or pooling layer")
+    key = ("runner", config, layer, tuple(cam_layers))
+    black = np.zeros(model.input_shape, np.float32)
+    runner = _cached(model, key, lambda: MethodRunner(_engine(model), config, layer, cam_layers, black))
+    keys = example_keys(seed, np.arange(len(x)))
+    passes = _passes(model, chunk)
+    out = runner.run(model.variables, x, _targets(model, x, targets), keys, passes, list(methods), starts=baselines)
+    return {**out.raw, "layer_cams": out.layer_cams}
 
 
-def saliency(model: LoadedModel, images: np.ndarray, targets: Any = None, *, chunk: int = 32) -> np.ndarray:
+def _single(model: LoadedModel, images: np.ndarray, targets: Any, method: str, chunk: int | None, **kw: Any) -> Any:
+    return attribute(model, images, targets, methods=[method], chunk=chunk, **kw)[method]
+
+
+def saliency(model: LoadedModel, images: np.ndarray, targets: Any = None, *, chunk: int | None = None) -> np.ndarray:
     """d logit[target] / d image, (N, H, W, C). Simonyan, Vedaldi & Zisserman 2013,
     "Deep Inside Convolutional Networks". Targets default to the predicted class."""
-    return _gradient_method(model, images, targets, "saliency", chunk)
+    return _single(model, images, targets, "saliency", chunk)
 
 
-def guided_backprop(model: LoadedModel, images: np.ndarray, targets: Any = None, *, chunk: int = 32) -> np.ndarray:
+def guided_backprop(
+    model: LoadedModel, images: np.ndarray, targets: Any = None, *, chunk: int | None = None
+) -> np.ndarray:
     """Guided backpropagation, (N, H, W, C). Springenberg et al. 2014, "Striving for Simplicity"."""
-    return _gradient_method(model, images, targets, "guided_backprop", chunk)
+    return _single(model, images, targets, "guided_backprop", chunk)
 
 
-def deconvnet(model: LoadedModel, images: np.ndarray, targets: Any = None, *, chunk: int = 32) -> np.ndarray:
+def deconvnet(model: LoadedModel, images: np.ndarray, targets: Any = None, *, chunk: int | None = None) -> np.ndarray:
     """Deconvnet backward pass, (N, H, W, C). Zeiler & Fergus 2014, "Visualizing and Understanding CNNs"."""
-    return _gradient_method(model, images, targets, "deconvnet", chunk)
+    return _single(model, images, targets, "deconvnet", chunk)
 
 
-def gradient_x_input(model: LoadedModel, images: np.ndarray, targets: Any = None, *, chunk: int = 32) -> np.ndarray:
+def gradient_x_input(
+    model: LoadedModel, images: np.ndarray, targets: Any = None, *, chunk: int | None = None
+) -> np.ndarray:
     """Gradient times input, (N, H, W, C). Shrikumar et al. 2016, "Not Just a Black Box"."""
-    return _gradient_method(model, images, targets, "gradient_x_input", chunk)
+    return _single(model, images, targets, "gradient_x_input", chunk)
 
 
 def smoothgrad(
@@ -145,19 +211,12 @@ def smoothgrad(
     samples: int = 16,
     noise: float = 0.15,
     seed: int = 0,
-    chunk: int = 32,
+    chunk: int | None = None,
 ) -> np.ndarray:
     """Mean gradient over `samples` copies with Gaussian noise of std `noise` × the image's value
     range, (N, H, W, C). Smilkov et al. 2017, "SmoothGrad"."""
-
-    def build(e: Engine) -> Callable[..., Any]:
-        return lambda v, x, t, k: saliency_methods.smoothgrad(e, v, x, t, jax.random.wrap_key_data(k), samples, noise)
-
-    fn = _batched(model, "smoothgrad", (samples, noise), build)
-    x = _images(model, images)
-    return map_examples(
-        fn, (model.variables,), x, _targets(x, targets), example_keys(seed, np.arange(len(x))), chunk=chunk
-    )
+    options = {"smoothgrad_samples": samples, "smoothgrad_noise": noise, "seed": seed}
+    return _single(model, images, targets, "smoothgrad", chunk, **options)
 
 
 def integrated_gradients(
@@ -169,87 +228,90 @@ def integrated_gradients(
     baseline: str | np.ndarray = "black",
     rule: str = "gauss-legendre",
     seed: int = 0,
-    chunk: int = 32,
+    chunk: int | None = None,
 ) -> np.ndarray:
     """Integrated Gradients, (N, H, W, C); sums to f(x) − f(baseline) for the target logit.
 
     `baseline`: "black" (zeros in the model's input space), "blurred", "uniform" (noise over the
-    image's value range) or an array of the input shape. `rule`: "riemann", "trapezoid" or
-    "gauss-legendre". Sundararajan, Taly & Yan 2017, "Axiomatic Attribution for Deep Networks".
+    image's value range) or an array of the input shape (or one per image). `rule`: "riemann",
+    "trapezoid" or "gauss-legendre". Sundararajan, Taly & Yan 2017, "Axiomatic Attribution for
+    Deep Networks".
     """
     x = _images(model, images)
     if isinstance(baseline, str):
-        kind = baseline
-        zeros = np.zeros(model.input_shape, np.float32)
-
-        def build(e: Engine) -> Callable[..., Any]:
-            def per_example(v: Any, image: jax.Array, t: jax.Array, k: jax.Array) -> jax.Array:
-                start = saliency_methods.baseline(image, kind, jax.random.wrap_key_data(k), zeros)
-                return saliency_methods.integrated_gradients(e, v, image, t, start, steps, rule)
-
-            return per_example
-
-        fn = _batched(model, "integrated_gradients", (steps, kind, rule), build)
-        return map_examples(
-            fn, (model.variables,), x, _targets(x, targets), example_keys(seed, np.arange(len(x))), chunk=chunk
-        )
-    starts = np.broadcast_to(np.asarray(baseline, np.float32), x.shape)
-
-    def build_array(e: Engine) -> Callable[..., Any]:
-        return lambda v, image, t, start: saliency_methods.integrated_gradients(e, v, image, t, start, steps, rule)
-
-    fn = _batched(model, "integrated_gradients_array", (steps, rule), build_array)
-    return map_examples(fn, (model.variables,), x, _targets(x, targets), np.ascontiguousarray(starts), chunk=chunk)
+        options = {"ig_steps": steps, "ig_baseline": baseline, "ig_rule": rule, "seed": seed}
+        return _single(model, x, targets, "integrated_gradients", chunk, **options)
+    starts = np.ascontiguousarray(np.broadcast_to(np.asarray(baseline, np.float32), x.shape))
+    options = {"ig_steps": steps, "ig_rule": rule, "baselines": starts}
+    return _single(model, x, targets, "integrated_gradients", chunk, **options)
 
 
 def _cam_method(
-    model: LoadedModel, images: np.ndarray, targets: Any, layer: str, upsample: bool, chunk: int, name: str
+    model: LoadedModel, images: np.ndarray, targets: Any, layer: str, upsample: bool, chunk: int | None, name: str
 ) -> np.ndarray:
-    if not model.graph.layer(layer).is_spatial:
-        raise ValueError(f"layer {layer!r} has no spatial output; CAMs need a conv or pooling layer")
-    x = _images(model, images)
-    zeros = np.zeros(model.input_shape, np.float32)
-
-    def build(e: Engine) -> Callable[..., Any]:
-        def per_example(v: Any, image: jax.Array, t: jax.Array) -> jax.Array:
-            shared = saliency_methods.shared_pass(e, v, image, t, [layer])
-            activation, gradient = shared.activations[layer], shared.gradients[layer]
-            if name == "score_cam":
-                result = cam.score_cam(e, v, image, shared.target, activation, jnp.asarray(zeros))
-            else:
-                result = getattr(cam, name)(activation, gradient)
-            return cam.upsample(result, image.shape[:2]) if upsample else result
-
-        return per_example
-
-    fn = _batched(model, name, (layer, upsample), build)
-    return map_examples(fn, (model.variables,), x, _targets(x, targets), chunk=chunk)
+    out = attribute(model, images, targets, methods=[name], cam_layer=layer, chunk=chunk)
+    return out[name] if upsample else out["layer_cams"][layer][name]
 
 
 def grad_cam(
-    model: LoadedModel, images: np.ndarray, targets: Any = None, *, layer: str, upsample: bool = False, chunk: int = 32
-) -> np.ndarray:
-    """Grad-CAM at `layer`, (N, h, w), or (N, H, W) with `upsample=True`.
+    model: LoadedModel,
+    images: np.ndarray,
+    targets: Any = None,
+    *,
+    layer: str | Sequence[str],
+    upsample: bool = False,
+    chunk: int | None = None,
+) -> np.ndarray | dict[str, np.ndarray]:
+    """Grad-CAM at `layer`, (N, h, w), or (N, H, W) with `upsample=True`; with a sequence of layers,
+    {layer: map} for all of them from one shared backward pass.
     Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks"."""
-    return _cam_method(model, images, targets, layer, upsample, chunk, "grad_cam")
+    if isinstance(layer, str):
+        return _cam_method(model, images, targets, layer, upsample, chunk, "grad_cam")
+    layers = list(layer)
+    out = attribute(model, images, targets, methods=[], cam_layer=layers[-1], cam_layers=layers, chunk=chunk)
+    size = model.input_shape[:2]
+    maps = {name: out["layer_cams"][name]["grad_cam"] for name in layers}
+    return {name: _upsampled(m, size) for name, m in maps.items()} if upsample else maps
+
+
+def _upsampled(maps: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    return np.asarray(jax.vmap(lambda m: cam.upsample(m, size))(jnp.asarray(maps)))
 
 
 def grad_cam_pp(
-    model: LoadedModel, images: np.ndarray, targets: Any = None, *, layer: str, upsample: bool = False, chunk: int = 32
+    model: LoadedModel,
+    images: np.ndarray,
+    targets: Any = None,
+    *,
+    layer: str,
+    upsample: bool = False,
+    chunk: int | None = None,
 ) -> np.ndarray:
     """Grad-CAM++ at `layer`. Chattopadhyay et al. 2018, "Grad-CAM++"."""
     return _cam_method(model, images, targets, layer, upsample, chunk, "grad_cam_pp")
 
 
 def layer_cam(
-    model: LoadedModel, images: np.ndarray, targets: Any = None, *, layer: str, upsample: bool = False, chunk: int = 32
+    model: LoadedModel,
+    images: np.ndarray,
+    targets: Any = None,
+    *,
+    layer: str,
+    upsample: bool = False,
+    chunk: int | None = None,
 ) -> np.ndarray:
     """Layer-CAM at `layer`. Jiang et al. 2021, "LayerCAM"."""
     return _cam_method(model, images, targets, layer, upsample, chunk, "layer_cam")
 
 
 def score_cam(
-    model: LoadedModel, images: np.ndarray, targets: Any = None, *, layer: str, upsample: bool = False, chunk: int = 8
+    model: LoadedModel,
+    images: np.ndarray,
+    targets: Any = None,
+    *,
+    layer: str,
+    upsample: bool = False,
+    chunk: int | None = None,
 ) -> np.ndarray:
     """Score-CAM at `layer` (one forward pass per channel; masks blend towards zeros).
     Wang et al. 2020, "Score-CAM"."""
@@ -264,18 +326,12 @@ def occlusion(
     window: int = 8,
     stride: int = 4,
     baseline: float = 0.0,
-    chunk: int = 8,
+    chunk: int | None = None,
 ) -> np.ndarray:
     """Drop in the target class probability when a `window`-pixel square is set to `baseline`,
     averaged over the windows covering each pixel, (N, H, W). Zeiler & Fergus 2014."""
-    x = _images(model, images)
-    masks = occlusion_methods.window_masks(model.input_shape[0], model.input_shape[1], window, stride)
-
-    def build(e: Engine) -> Callable[..., Any]:
-        return lambda v, image, t: occlusion_methods.occlusion(e, v, image, t, masks, jnp.float32(baseline))
-
-    fn = _batched(model, "occlusion", (window, stride, baseline), build)
-    return map_examples(fn, (model.variables,), x, _targets(x, targets), chunk=chunk)
+    options = {"occlusion_window": window, "occlusion_stride": stride, "occlusion_fill": float(baseline)}
+    return _single(model, images, targets, "occlusion", chunk, **options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +353,8 @@ def _vis_config(options: dict[str, Any]) -> tuple[featurevis.VisConfig, int, np.
 
 def _visualise(
     model: LoadedModel,
-    objective: featurevis.Objective,
+    target: str,
+    objective: Callable[[], featurevis.Objective],
     indices: np.ndarray,
     options: dict[str, Any],
     chunk: int,
@@ -310,9 +367,12 @@ def _visualise(
         else np.eye(channels, dtype=np.float32)
     )
     pre = preprocessing(preprocess, channels)
-    fn = featurevis.visualise(objective, config, model.input_shape, basis, pre)
+    key = ("visualise", target, config, basis.tobytes(), preprocess)
+    vis = _cached(model, key, lambda: featurevis.visualise(objective(), config, model.input_shape, basis, pre))
     keys = example_keys(seed, indices)
-    images, _ = map_examples(fn, (model.variables,), indices, keys, chunk=chunk)
+    images, _ = iterate_examples(
+        vis.init, vis.step, vis.steps, vis.finish, (model.variables,), indices, keys, chunk=chunk
+    )
     return images[:, 0] if config.images_per_filter == 1 else images
 
 
@@ -340,8 +400,12 @@ def activation_maximization(
         raise ValueError(f"layer {layer!r} is not a convolution or pooling layer")
     indices = np.arange(info.output_shape[-1], dtype=np.int32) if filters is None else np.asarray(filters, np.int32)
     objective_kind = options.pop("objective", "channel_mean")
-    objective = featurevis.layer_objective(Engine(model.graph), layer, objective_kind)
-    return _visualise(model, objective, indices, {"steps": steps, "objective": objective_kind, **options}, chunk)
+
+    def objective() -> featurevis.Objective:
+        return featurevis.layer_objective(_engine(model), layer, objective_kind)
+
+    options = {"steps": steps, "objective": objective_kind, **options}
+    return _visualise(model, f"layer {layer}", objective, indices, options, chunk)
 
 
 def class_visualization(
@@ -350,6 +414,9 @@ def class_visualization(
     """Images that maximise each class logit (before softmax), (K, H, W, C) in [0, 1].
     Simonyan, Vedaldi & Zisserman 2013; options as for `activation_maximization`."""
     indices = np.arange(model.graph.num_classes, dtype=np.int32) if classes is None else np.asarray(classes, np.int32)
-    objective = featurevis.logit_objective(Engine(model.graph))
+
+    def objective() -> featurevis.Objective:
+        return featurevis.logit_objective(_engine(model))
+
     options = {"learning_rate": 0.05, "tv_weight": 0.05, **options}
-    return _visualise(model, objective, indices, {"steps": steps, **options}, chunk)
+    return _visualise(model, "classes", objective, indices, {"steps": steps, **options}, chunk)

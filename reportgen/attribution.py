@@ -1,19 +1,31 @@
-"""The attribution stage of a build: every method on the chosen probe images, their faithfulness
-curves, and the cascading randomisation sanity check, batched through `compute.map_examples`."""
+"""The attribution stage: every method on the chosen probe images, their faithfulness curves, and
+the cascading randomisation sanity check.
+
+Methods are computed in families that share passes: one forward and backward pass per example
+gives saliency, gradient × input and the CAMs at every layer; guided backprop and deconvnet take
+one pass each; SmoothGrad samples, IG path points, Score-CAM channels, occlusion windows and
+faithfulness curve points are inner axes, run as fixed-size slices of (examples × inner points)
+whose size the planner picks (`compute.map_inner`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from reportgen.analyses import faithfulness, methods, sanity
-from reportgen.compute import example_keys, map_examples
+from reportgen.analyses import cam, faithfulness, methods, occlusion, saliency, sanity
+from reportgen.compute import example_keys, map_examples, map_inner
 from reportgen.config import Settings
 from reportgen.model.engine import Engine
 from reportgen.model.load import LoadedModel
+from reportgen.plan import Budget as Passes
+from reportgen.plan import split
 from reportgen.progress import Progress
 
 
@@ -39,6 +51,215 @@ class AttributionResult:
     def insertion_auc(self) -> np.ndarray:
         """(N, M) area under each insertion curve (higher is better)."""
         return np.asarray(faithfulness.area(self.insertion))
+
+
+@dataclass(frozen=True)
+class MethodOutputs:
+    """Raw outputs of the requested methods for N images."""
+
+    raw: dict[str, np.ndarray]  # method -> (N, H, W, C) gradient maps or (N, H, W) maps
+    layer_cams: dict[str, dict[str, np.ndarray]]  # layer -> LAYER_CAMS method -> (N, h, w)
+    targets: np.ndarray  # (N,) the class explained
+    logits: np.ndarray  # (N, K)
+
+
+class MethodRunner:
+    """Every attribution method of one model and configuration, as per-example functions built
+    once (so each compiles once, whatever the variables: the sanity cascade reuses them)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: methods.AttributionConfig,
+        cam_layer: str,
+        layer_cams: Sequence[str],
+        black: np.ndarray,
+    ) -> None:
+        order = [layer.name for layer in engine.graph.layers]
+        self.engine = engine
+        self.config = config
+        self.cam_layer = cam_layer
+        self.layer_cams = list(layer_cams)
+        self.black = np.asarray(black, np.float32)
+        tapped = sorted({cam_layer, *layer_cams}, key=order.index)
+        black_image = jnp.asarray(self.black)
+
+        def shared(variables: Any, image: jax.Array, target: jax.Array) -> dict[str, Any]:
+            result = saliency.shared_pass(engine, variables, image, target, tapped)
+            return {
+                "saliency": result.saliency,
+                "gradient_x_input": result.gradient_x_input,
+                "target": result.target,
+                "logits": result.logits,
+                "probability": jax.nn.softmax(result.logits)[result.target],
+                "cam_activation": result.activations[cam_layer],
+                "cams": {
+                    name: {
+                        m: getattr(cam, m)(result.activations[name], result.gradients[name]) for m in methods.LAYER_CAMS
+                    }
+                    for name in tapped
+                },
+            }
+
+        def relu_rules(variables: Any, image: jax.Array, target: jax.Array) -> dict[str, jax.Array]:
+            return {
+                "guided_backprop": saliency.guided_backprop(engine, variables, image, target),
+                "deconvnet": saliency.deconvnet(engine, variables, image, target),
+            }
+
+        def smoothgrad(
+            variables: Any, image: jax.Array, target: jax.Array, key: jax.Array, ids: jax.Array, weights: jax.Array
+        ) -> jax.Array:
+            return saliency.smoothgrad_part(
+                engine, variables, image, target, key, ids, weights, config.smoothgrad_noise
+            )
+
+        def starts(image: jax.Array, key: jax.Array) -> jax.Array:
+            return saliency.baseline(image, config.ig_baseline, jax.random.wrap_key_data(key), black_image)
+
+        def integrated(
+            variables: Any, image: jax.Array, target: jax.Array, start: jax.Array, alphas: jax.Array, weights: jax.Array
+        ) -> jax.Array:
+            return saliency.integrated_gradients_part(engine, variables, image, target, start, alphas, weights)
+
+        def score(
+            variables: Any, image: jax.Array, target: jax.Array, activation: jax.Array, channels: jax.Array
+        ) -> jax.Array:
+            return cam.score_cam_probabilities(engine, variables, image, target, activation, channels, black_image)
+
+        fill = black_image if config.occlusion_fill is None else jnp.float32(config.occlusion_fill)
+
+        def occluded(variables: Any, image: jax.Array, target: jax.Array, masks: jax.Array) -> jax.Array:
+            return occlusion.occluded_probabilities(engine, variables, image, target, masks, fill)
+
+        def curve(
+            variables: Any,
+            image: jax.Array,
+            target: jax.Array,
+            ranks: jax.Array,
+            method: jax.Array,
+            count: jax.Array,
+            deleting: jax.Array,
+        ) -> jax.Array:
+            start = saliency.blur(image, sigma=max(image.shape[0], image.shape[1]) / 4)
+            removed = jnp.broadcast_to(black_image, image.shape)
+            return faithfulness.point_probabilities(
+                engine, variables, image, target, ranks, removed, start, method, count, deleting
+            )
+
+        self._shared, self._relu_rules, self._smoothgrad = shared, relu_rules, smoothgrad
+        self._starts, self._integrated = starts, integrated
+        self._score, self._occluded, self._curve = score, occluded, curve
+
+    @functools.cached_property
+    def masks(self) -> np.ndarray:
+        """(P, H, W) occlusion windows."""
+        h, w = self.engine.graph.input_shape[:2]
+        return occlusion.window_masks(h, w, self.config.occlusion_window, self.config.occlusion_stride)
+
+    def run(
+        self,
+        variables: Any,
+        images: np.ndarray,
+        targets: np.ndarray,
+        keys: np.ndarray,
+        passes: Passes,
+        wanted: Sequence[str] = methods.METHODS,
+        advance: Callable[[int], None] | None = None,
+        starts: np.ndarray | None = None,
+    ) -> MethodOutputs:
+        """Raw outputs of the `wanted` methods for `images` (model space); target -1 is the
+        predicted class; `keys` are per-example PRNG key data; `starts` are IG's starting images
+        (default: the configured baseline)."""
+        unknown = sorted(set(wanted) - set(methods.METHODS))
+        if unknown:
+            raise ValueError(f"unknown attribution method {unknown[0]!r}; choose from {', '.join(methods.METHODS)}")
+        config, n = self.config, len(images)
+        shared = map_examples(self._shared, (variables,), images, targets, chunk=passes.gradient)
+        targets = np.asarray(shared["target"], np.int32)
+        size = images.shape[1:3]
+        raw: dict[str, np.ndarray] = {}
+        upsampled = {
+            m: np.asarray(jax.vmap(lambda c: cam.upsample(c, size))(shared["cams"][self.cam_layer][m]))
+            for m in methods.LAYER_CAMS
+        }
+        for m in ("saliency", "gradient_x_input", *methods.LAYER_CAMS):
+            if m in wanted:
+                raw[m] = upsampled[m] if m in upsampled else shared[m]
+        if {"guided_backprop", "deconvnet", "guided_grad_cam"} & set(wanted):
+            rules = map_examples(self._relu_rules, (variables,), images, targets, chunk=max(1, passes.gradient // 2))
+            raw.update({m: rules[m] for m in ("guided_backprop", "deconvnet") if m in wanted})
+            if "guided_grad_cam" in wanted:
+                raw["guided_grad_cam"] = rules["guided_backprop"] * upsampled["grad_cam"][..., None]
+        if "smoothgrad" in wanted:
+            samples = config.smoothgrad_samples
+            ids = np.arange(samples, dtype=np.int32)
+            weights = np.full(samples, 1.0 / samples, np.float32)
+            chunk, batch = split(passes.gradient, n, samples)
+            raw["smoothgrad"] = map_inner(
+                self._smoothgrad, (variables,), (images, targets, keys), (ids, weights),
+                chunk=chunk, inner_batch=batch, combine="sum",
+            )  # fmt: skip
+        if "integrated_gradients" in wanted:
+            alphas, weights = saliency.path_points(config.ig_steps, config.ig_rule)
+            chunk, batch = split(passes.gradient, n, len(alphas))
+            if starts is None:
+                starts = map_examples(self._starts, (), images, keys, chunk=passes.forward)
+            raw["integrated_gradients"] = map_inner(
+                self._integrated, (variables,), (images, targets, starts),
+                (alphas.astype(np.float32), weights.astype(np.float32)),
+                chunk=chunk, inner_batch=batch, combine="sum",
+            )  # fmt: skip
+        if "score_cam" in wanted:
+            activation = shared["cam_activation"]
+            channels = np.arange(activation.shape[-1], dtype=np.int32)
+            chunk, batch = split(passes.forward, n, len(channels))
+            scores = map_inner(
+                self._score, (variables,), (images, targets, activation), (channels,),
+                chunk=chunk, inner_batch=batch, combine="concat",
+            )  # fmt: skip
+            maps = jax.vmap(cam.score_cam)(jnp.asarray(activation), jnp.asarray(scores))
+            shared["cams"][self.cam_layer]["score_cam"] = np.asarray(maps)
+            raw["score_cam"] = np.asarray(jax.vmap(lambda c: cam.upsample(c, size))(maps))
+        if "occlusion" in wanted:
+            # The unoccluded image comes first, through the same program as the occluded ones.
+            masks = np.concatenate([np.zeros_like(self.masks[:1]), self.masks])
+            chunk, batch = split(passes.forward, n, len(masks))
+            occluded = map_inner(
+                self._occluded, (variables,), (images, targets), (masks,),
+                chunk=chunk, inner_batch=batch, combine="concat",
+            )  # fmt: skip
+            raw["occlusion"] = occlusion.occlusion_map(occluded[:, 0], occluded[:, 1:], self.masks)
+        if advance is not None:
+            advance(n)
+        return MethodOutputs(raw, shared["cams"], targets, shared["logits"])
+
+    def curves(
+        self,
+        variables: Any,
+        images: np.ndarray,
+        targets: np.ndarray,
+        maps: np.ndarray,
+        passes: Passes,
+        advance: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Deletion and insertion curves (N, M, steps + 1) of `maps` (N, M, H, W)."""
+        n, count = maps.shape[:2]
+        steps = self.config.faithfulness_steps
+        method, pixels, deleting = faithfulness.curve_points(steps, maps.shape[2] * maps.shape[3], count)
+        chunk, batch = split(passes.forward, n, len(method))
+        values = map_inner(
+            self._curve, (variables,), (images, targets, faithfulness.pixel_ranks(maps)), (method, pixels, deleting),
+            chunk=chunk, inner_batch=batch, combine="concat", progress=advance,
+        )  # fmt: skip
+        deletion, insertion = values.reshape(n, 2, count, steps + 1).transpose(1, 0, 2, 3)
+        return deletion, insertion
+
+
+def importance_maps(outputs: MethodOutputs, wanted: Sequence[str] = methods.METHODS) -> np.ndarray:
+    """(N, M, H, W) 2-D importance of each wanted method."""
+    maps = [np.asarray(jax.vmap(functools.partial(methods.importance, m))(outputs.raw[m])) for m in wanted]
+    return np.stack(maps, axis=1)
 
 
 def config_from(settings: Settings) -> methods.AttributionConfig:
@@ -67,92 +288,81 @@ def targets_for(settings: Settings, labels: np.ndarray, num_classes: int) -> np.
     return np.full(len(labels), k, np.int32)
 
 
+def runner_for(engine: Engine, model: LoadedModel, settings: Settings, black: np.ndarray) -> MethodRunner:
+    """The method runner of a build: CAMs at every conv and pooling layer, the Attribution
+    section's at the graph's CAM layer."""
+    spatial = [layer for layer in model.graph.layers if layer.is_spatial]
+    cam_layers = [layer.name for layer in spatial if layer.kind != "norm"]
+    return MethodRunner(engine, config_from(settings), model.graph.cam_layer, cam_layers, black)
+
+
 def run(
-    engine: Engine,
+    runner: MethodRunner,
     model: LoadedModel,
     inputs: np.ndarray,
     labels: np.ndarray,
     indices: np.ndarray,
-    black: np.ndarray,
     settings: Settings,
+    passes: Passes,
     progress: Progress,
 ) -> AttributionResult:
     """All methods, faithfulness and sanity for the probe images at `indices`."""
-    config = config_from(settings)
-    spatial = [layer for layer in model.graph.layers if layer.is_spatial]
-    cam_layers = [layer.name for layer in spatial if layer.kind != "norm"]
-    cam_layer = [layer.name for layer in spatial if layer.kind == "conv"][-1]
-    maps_fn = methods.maps_function(engine, config, cam_layer, cam_layers, black)
     images = inputs[indices]
     targets = targets_for(settings, labels[indices], model.graph.num_classes)
     keys = example_keys(settings.seed, indices)
-    chunk = min(settings.chunk_size, 8)
 
     progress.start("attribution maps", len(images))
-    out = map_examples(maps_fn, (model.variables,), images, targets, keys, chunk=chunk, progress=progress.advance)
+    out = runner.run(model.variables, images, targets, keys, passes, advance=progress.advance)
     progress.finish()
-    stacked = np.stack([out["maps"][m] for m in methods.METHODS], axis=1)
+    stacked = importance_maps(out)
 
     progress.start("faithfulness curves", len(images))
-    faith_fn = methods.faithfulness_function(engine, config.faithfulness_steps, black)
-    deletion, insertion = map_examples(
-        faith_fn, (model.variables,), images, out["target"], stacked, chunk=chunk, progress=progress.advance
-    )
+    deletion, insertion = runner.curves(model.variables, images, out.targets, stacked, passes, progress.advance)
     progress.finish()
 
     top_down = [layer for layer in reversed(model.graph.layers) if layer.param_paths]
     n_sanity = min(settings.sanity_images, len(images))
     progress.start("sanity check", len(top_down))
+    sample = (images[:n_sanity], out.targets[:n_sanity], keys[:n_sanity])
     correlations = cascade_correlations(
-        maps_fn,
+        lambda variables: importance_maps(runner.run(variables, *sample, passes)),
         model.variables,
         [layer.param_paths for layer in top_down],
-        images[:n_sanity],
-        out["target"][:n_sanity],
-        keys[:n_sanity],
-        {m: out["maps"][m][:n_sanity] for m in methods.METHODS},
+        stacked[:n_sanity],
         settings.seed,
-        chunk,
         progress.advance,
     )
     progress.finish()
-    correlation = np.stack([correlations[m] for m in methods.METHODS])
     return AttributionResult(
         indices=indices,
-        targets=np.asarray(out["target"]),
+        targets=out.targets,
         maps={m: stacked[:, k] for k, m in enumerate(methods.METHODS)},
-        layer_cams={layer: dict(cams) for layer, cams in out["layer_cams"].items()},
-        cam_layer=cam_layer,
-        deletion=np.asarray(deletion),
-        insertion=np.asarray(insertion),
+        layer_cams={layer: dict(cams) for layer, cams in out.layer_cams.items() if layer in runner.layer_cams},
+        cam_layer=runner.cam_layer,
+        deletion=deletion,
+        insertion=insertion,
         sanity_layers=tuple(layer.name for layer in top_down),
-        sanity=correlation,
+        sanity=correlations,
         sanity_images=n_sanity,
     )
 
 
 def cascade_correlations(
-    maps_fn: Callable[..., dict[str, Any]],
+    maps_of: Callable[[Any], np.ndarray],
     variables: Any,
     layers_top_down: Sequence[Sequence[str]],
-    images: np.ndarray,
-    targets: np.ndarray,
-    keys: np.ndarray,
-    original: Mapping[str, np.ndarray],
+    original: np.ndarray,
     seed: int,
-    chunk: int,
     advance: Callable[[int], None] | None = None,
-) -> dict[str, np.ndarray]:
-    """Mean Spearman correlation of each method's maps with `original` at every randomisation stage.
-
-    `maps_fn(variables, image, target, key_data)` returns {"maps": {method: (H, W)}}.
-    """
+) -> np.ndarray:
+    """(M, stages) mean Spearman correlation of each method's maps with `original` (N, M, H, W)
+    at every randomisation stage; `maps_of(variables)` computes the maps with other weights."""
     stages = sanity.randomised_stages(variables, layers_top_down, seed)
-    result = {name: np.zeros(len(stages)) for name in original}
+    result = np.zeros((original.shape[1], len(stages)))
     for s, randomised_variables in enumerate(stages):
-        randomised = map_examples(maps_fn, (randomised_variables,), images, targets, keys, chunk=chunk)["maps"]
-        for name, maps in original.items():
-            result[name][s] = np.mean([sanity.spearman(maps[i], randomised[name][i]) for i in range(len(images))])
+        randomised = maps_of(randomised_variables)
+        for m in range(original.shape[1]):
+            result[m, s] = np.mean([sanity.spearman(original[i, m], randomised[i, m]) for i in range(len(original))])
         if advance is not None:
             advance(1)
     return result

@@ -117,7 +117,8 @@ class Settings:
     class_learning_rate: float = 0.05
     class_tv: float = 0.05
     top_patches: int = 4
-    chunk_size: int = 32
+    memory_budget: float = 0.0  # GiB the computation may hold at once (0: a safe share of free memory)
+    time_budget: float = 0.0  # seconds the build may take (0: the profile's; inf: no limit)
     size_budget_mb: float = 25.0
     external_figures: bool = False  # link figures/*.png instead of embedding them
 
@@ -125,7 +126,6 @@ class Settings:
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 AT_LEAST_ONE = frozenset(
     {
-        "chunk_size",
         "smoothgrad_samples",
         "occlusion_window",
         "occlusion_stride",

@@ -28,7 +28,7 @@ def png(rgb: np.ndarray) -> bytes:
     if rgb.dtype != np.uint8:
         rgb = (np.clip(np.nan_to_num(rgb), 0, 1) * 255 + 0.5).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=9)
+    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()
 
 

@@ -1,51 +1,144 @@
-"""Progress bars per stage on stderr, drawn only when stderr is a terminal."""
+"""Progress of a build on stderr, and what each stage measured (wall time, peak memory).
+
+In a terminal, a rich progress bar per stage with the time left; elsewhere (CI logs, a piped
+`make report`), one line per finished stage with its time and an estimate for the rest, from the
+plan's estimates scaled by how the finished stages compared with theirs.
+"""
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from collections.abc import Mapping
 from typing import TextIO
+
+import jax
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as Bars
+
+
+class PeakMemory:
+    """Samples memory in a background thread between `start` and `stop`: the process's resident
+    set on CPU, the device's bytes in use where JAX reports them (GPU, TPU)."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def current() -> int:
+        """Bytes in use now."""
+        device = jax.devices()[0]
+        stats = device.memory_stats() if device.platform != "cpu" else None
+        if stats and "bytes_in_use" in stats:
+            return int(stats["bytes_in_use"])
+        try:
+            import psutil
+
+            return int(psutil.Process().memory_info().rss)
+        except ImportError:  # pragma: no cover - psutil comes with orbax
+            return 0
+
+    def start(self) -> None:
+        """Begin sampling, from the current value."""
+        self.peak = self.current()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> int:
+        """End sampling; the peak bytes seen."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self.current())
+        return self.peak
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.current())
 
 
 class Progress:
-    """One line per stage: a bar while it runs when interactive, then its duration."""
+    """Stages of a build: bars or log lines, and the time and peak memory of each stage."""
 
     def __init__(self, quiet: bool = False, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.interactive = self.stream.isatty() and not quiet
         self.timings: dict[str, float] = {}
+        self.peaks: dict[str, int] = {}
+        self._estimates: dict[str, float] = {}
         self._stage = ""
-        self._total = 0
-        self._done = 0
         self._start = 0.0
+        self._memory = PeakMemory()
+        self._bars: Bars | None = None
+        self._task: int | None = None
+
+    def expect(self, estimates: Mapping[str, float]) -> None:
+        """The plan's estimated seconds of the stages still to come, in order."""
+        self._estimates = dict(estimates)
 
     def start(self, stage: str, total: int = 0) -> None:
         """Begin a stage of `total` units (0: no bar)."""
-        self._stage, self._total, self._done, self._start = stage, total, 0, time.perf_counter()
-        self._draw()
+        self._stage, self._start = stage, time.perf_counter()
+        self._memory.start()
+        if self.interactive:
+            self._bars = Bars(
+                TextColumn("{task.description:<26}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("left"),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+                transient=True,
+            )
+            self._bars.start()
+            self._task = self._bars.add_task(stage, total=total or None)
 
     def advance(self, units: int = 1) -> None:
         """Count finished units of the current stage."""
-        self._done += units
-        self._draw()
+        if self._bars is not None and self._task is not None:
+            self._bars.advance(self._task, units)  # type: ignore[arg-type]
 
     def finish(self) -> None:
-        """End the current stage and record its time."""
+        """End the current stage and record its time and peak memory."""
         elapsed = time.perf_counter() - self._start
         self.timings[self._stage] = elapsed
-        if self.interactive:
-            self.stream.write(f"\r\033[K{self._stage:<24} done in {elapsed:5.1f} s\n")
-            self.stream.flush()
-
-    def _draw(self) -> None:
-        if not self.interactive:
+        self.peaks[self._stage] = self._memory.stop()
+        if self._bars is not None:
+            self._bars.stop()
+            self._bars = None
+        if self.quiet:
             return
-        if self._total:
-            filled = int(30 * self._done / self._total)
-            bar = "#" * filled + "." * (30 - filled)
-            text = f"{self._stage:<24} [{bar}] {self._done}/{self._total}"
-        else:
-            text = f"{self._stage:<24} ..."
-        self.stream.write(f"\r\033[K{text}")
+        line = f"{self._stage:<26} {elapsed:7.1f} s"
+        rest = self.remaining()
+        if rest is not None:
+            line += f"   about {_duration(rest)} left"
+        self.stream.write(line + "\n")
         self.stream.flush()
+
+    def remaining(self) -> float | None:
+        """Estimated seconds of the stages not yet run, corrected by how the finished ones compared
+        with their estimates; None without estimates."""
+        left = [s for s in self._estimates if s not in self.timings]
+        if not left:
+            return None
+        done = [s for s in self._estimates if s in self.timings]
+        estimated = sum(self._estimates[s] for s in done)
+        # Until the finished stages add up to a few seconds their ratio is mostly noise.
+        ratio = sum(self.timings[s] for s in done) / estimated if estimated > 5.0 else 1.0
+        return ratio * sum(self._estimates[s] for s in left)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

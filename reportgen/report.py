@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reportgen import attribution, sections, visualisation
+from reportgen import attribution, plan, sections, visualisation
 from reportgen.analyses import activations, predictions
 from reportgen.analyses.activations import LayerStatistics
-from reportgen.compute import enable_compilation_cache, map_examples
+from reportgen.compute import enable_compilation_cache, map_examples, workers
 from reportgen.config import Settings, as_dict
 from reportgen.data import ProbeSet, read_classes, read_probe, to_model
 from reportgen.errors import UserError
@@ -105,6 +105,24 @@ def _probe(settings: Settings, model: LoadedModel, classes: list[str]) -> ProbeS
     if settings.images is None:
         raise UserError("no probe images; pass --images DIR with PNG or JPEG files (sub-folders named by class)")
     return read_probe(Path(settings.images), model.input_shape, classes)
+
+
+def _plan(settings: Settings, model: LoadedModel, engine: Engine, probe: ProbeSet) -> plan.Plan:
+    """Measure the device, count the model's cost and plan every stage within the budgets."""
+    graph = model.graph
+    cost = plan.model_cost(graph)
+    platform, _, free = plan.free_memory()
+    passes = plan.budget(cost, settings.memory_budget, platform, free, workers())
+    throughput = plan.measure_throughput(engine.logits, model.variables, model.input_shape, cost, workers())
+    n = len(probe.names)
+    shown = len(display_indices(probe.labels, max(settings.activation_images, settings.channel_images)))
+    vis = {
+        name: min(settings.vis_filters or graph.layer(name).output_shape[-1], graph.layer(name).output_shape[-1])
+        for name in visualisation.visualised_layers(model)
+    }
+    explained = len(display_indices(probe.labels, settings.attribution_images))
+    work = plan.Workload(n, shown, explained, min(settings.sanity_images, explained), vis, graph.num_classes)
+    return plan.make_plan(settings, graph, cost, passes, throughput, work)
 
 
 def _summaries(engine: Engine, model: LoadedModel, images: np.ndarray, chunk: int, progress: Progress) -> Any:
@@ -185,19 +203,30 @@ def build(settings: Settings, command: str = "", progress: Progress | None = Non
     progress.finish()
 
     engine = Engine(model.graph)
+    progress.start("plan")
+    build_plan = _plan(settings, model, engine, probe)
+    settings = build_plan.settings
+    progress.finish()
+    progress.expect({stage.name: stage.estimated_seconds for stage in build_plan.stages})
     inputs = to_model(probe.images, settings.preprocess)
     layers = model.graph.layers
-    probs, finite, stats = _summaries(engine, model, inputs, settings.chunk_size, progress)
+    probs, finite, stats = _summaries(engine, model, inputs, build_plan.stage("forward pass").chunk, progress)
     pred = predictions.summarize(probs, probe.labels)
     layer_stats = {layer.name: activations.summarize(stats[layer.name], settings.rare_fraction) for layer in layers}
     shown = display_indices(probe.labels, max(settings.activation_images, settings.channel_images))
     spatial = [layer.name for layer in layers if layer.is_spatial]
-    maps = _maps(engine, model, inputs[shown], spatial, settings.chunk_size, progress)
+    maps = _maps(engine, model, inputs[shown], spatial, build_plan.stage("activation maps").chunk, progress)
     black = to_model(np.zeros((1, *model.input_shape), np.float32), settings.preprocess)[0]
     explained = display_indices(probe.labels, settings.attribution_images)
-    attributed = attribution.run(engine, model, inputs, probe.labels, explained, black, settings, progress)
+    runner = attribution.runner_for(engine, model, settings, black)
+    attributed = attribution.run(runner, model, inputs, probe.labels, explained, settings, build_plan.passes, progress)
     attribution_json = attribution.to_json(attributed, list(probe.names), classes, settings.sanity_threshold)
-    filter_vis, class_vis = visualisation.run(engine, model, probe.images, stats, layer_stats, settings, progress)
+    vis_chunks = {
+        s.name.removeprefix("visualise "): s.chunk for s in build_plan.stages if s.name.startswith("visualise ")
+    }
+    filter_vis, class_vis = visualisation.run(
+        engine, model, probe.images, stats, layer_stats, settings, vis_chunks, progress
+    )
     found = _findings(probe, pred, classes, layers, layer_stats, int((~finite).sum()), attribution_json)
 
     progress.start("figures", len(layers) + 3)
@@ -231,6 +260,7 @@ def build(settings: Settings, command: str = "", progress: Progress | None = Non
     progress.finish()
 
     data = report_data(settings, command, model, probe, classes, pred, layer_stats, found, dict(progress.timings))
+    data["provenance"]["plan"] = plan_json(build_plan, progress, reproducible="SOURCE_DATE_EPOCH" in os.environ)
     data["attribution"] = rounded(attribution_json)
     data["feature_visualisation"] = rounded(visualisation.to_json(filter_vis, class_vis, classes))
     view = sections.report_view(
@@ -277,6 +307,40 @@ def _findings(
         previous = layer_stats[layer.name]
     found += attribution_findings(attribution_json)
     return ordered(found)
+
+
+def plan_json(build_plan: plan.Plan, progress: Progress, reproducible: bool) -> dict[str, Any]:
+    """The plan for report.json: budgets, batching, estimates and what each stage measured (time,
+    peak memory, effective throughput). A reproducible build records only what was sampled: the
+    rest depends on the machine's free memory and speed."""
+    if reproducible:
+        return {"sampled": list(build_plan.sampled), "recorded": False}
+    stages: list[dict[str, Any]] = []
+    for stage in build_plan.stages:
+        row: dict[str, Any] = {
+            "name": stage.name,
+            "chunk": stage.chunk,
+            "inner_batch": stage.inner_batch,
+            "gflops": rounded(stage.flops / 1e9),
+            "estimated_seconds": rounded(stage.estimated_seconds),
+            "estimated_bytes": stage.estimated_bytes,
+        }
+        if stage.name in progress.timings:
+            measured = stage.measured(progress.timings[stage.name], progress.peaks.get(stage.name))
+            row["measured_seconds"] = rounded(measured.measured_seconds)
+            row["measured_peak_bytes"] = measured.measured_peak_bytes
+            row["gflops_per_second"] = rounded(measured.gflops_per_second)
+        stages.append(row)
+    return {
+        "recorded": True,
+        "memory_budget_bytes": build_plan.passes.memory_bytes,
+        "passes_at_once": {"gradient": build_plan.passes.gradient, "forward": build_plan.passes.forward},
+        "forward_gflops_per_second": rounded(build_plan.throughput / 1e9),
+        "time_budget_seconds": rounded(build_plan.time_budget),
+        "estimated_seconds": rounded(build_plan.estimated_seconds),
+        "sampled": list(build_plan.sampled),
+        "stages": stages,
+    }
 
 
 def report_data(

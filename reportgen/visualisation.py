@@ -12,11 +12,19 @@ import numpy as np
 
 from reportgen.analyses import featurevis, patches
 from reportgen.analyses.activations import LayerStatistics
-from reportgen.compute import example_keys, map_examples
+from reportgen.compute import example_keys, iterate_examples
 from reportgen.config import Preprocess, Settings
 from reportgen.model.engine import Engine
 from reportgen.model.load import LoadedModel
 from reportgen.progress import Progress
+
+CLASSES = "classes"
+"""Key of the class visualisation in the per-layer chunk sizes."""
+
+
+def visualised_layers(model: LoadedModel) -> list[str]:
+    """The layers whose filters are visualised: every spatial convolution."""
+    return [layer.name for layer in model.graph.layers if layer.kind == "conv" and layer.is_spatial]
 
 
 @dataclass(frozen=True)
@@ -93,27 +101,31 @@ def run(
     stats: Mapping[str, Mapping[str, np.ndarray]],
     layer_stats: Mapping[str, LayerStatistics],
     settings: Settings,
+    chunks: Mapping[str, int],
     progress: Progress,
 ) -> tuple[list[FilterVisualisation], ClassVisualisation]:
-    """Visualise the filters of every conv layer and every class."""
+    """Visualise the filters of every conv layer and every class; `chunks` gives the filters
+    optimised at once per layer name (and the classes at once under `CLASSES`)."""
     config = vis_config(settings)
     shape = model.input_shape
     basis = featurevis.colour_basis(probe_images)
     pre = preprocessing(settings.preprocess, shape[-1])
-    conv_layers = [layer for layer in model.graph.layers if layer.kind == "conv" and layer.is_spatial]
-    chunk = min(settings.chunk_size, 32)
+    conv_layers = [model.graph.layer(name) for name in visualised_layers(model)]
     results = []
     for stream, layer in enumerate(conv_layers, start=1):
         filters, selection = chosen_filters(layer_stats[layer.name], settings.vis_filters)
         progress.start(f"visualise {layer.name}", len(filters))
         objective = featurevis.layer_objective(engine, layer.name, config.objective)
-        fn = featurevis.visualise(objective, config, shape, basis, pre)
-        images, values = map_examples(
-            fn,
+        vis = featurevis.visualise(objective, config, shape, basis, pre)
+        images, values = iterate_examples(
+            vis.init,
+            vis.step,
+            vis.steps,
+            vis.finish,
             (model.variables,),
             filters,
             example_keys(settings.seed, filters, stream),
-            chunk=chunk,
+            chunk=chunks.get(layer.name, 1),
             progress=progress.advance,
         )
         progress.finish()
@@ -143,9 +155,17 @@ def run(
         rotation_deg=8.0,
         scale=(0.92, 1.08),
     )
-    fn = featurevis.visualise(featurevis.logit_objective(engine), class_config, shape, basis, pre)
-    images, values = map_examples(
-        fn, (model.variables,), classes, example_keys(settings.seed, classes), chunk=chunk, progress=progress.advance
+    vis = featurevis.visualise(featurevis.logit_objective(engine), class_config, shape, basis, pre)
+    images, values = iterate_examples(
+        vis.init,
+        vis.step,
+        vis.steps,
+        vis.finish,
+        (model.variables,),
+        classes,
+        example_keys(settings.seed, classes),
+        chunk=chunks.get(CLASSES, 1),
+        progress=progress.advance,
     )
     progress.finish()
     return results, ClassVisualisation(images, values[:, 0])

@@ -13,8 +13,10 @@ import tiny_models
 from conftest import ROOT, SPEC, save
 
 from reportgen import api
-from reportgen.analyses import methods
+from reportgen.analyses import methods, saliency
 from reportgen.attribution import cascade_correlations
+from reportgen.compute import map_examples
+from reportgen.model.engine import Engine
 from reportgen.model.load import LoadedModel
 
 
@@ -133,21 +135,22 @@ def test_integrated_gradients_completeness_on_the_demo_model() -> None:
 
 def test_sanity_check_flags_a_method_that_ignores_the_weights(linear) -> None:
     model, _, _ = linear
-    engine = api.Engine(model.graph)
+    engine = Engine(model.graph)
 
     def edge_detector(image: jax.Array) -> jax.Array:
         gray = image.mean(axis=-1)
         return jnp.abs(jnp.diff(gray, axis=0, append=gray[-1:])) + jnp.abs(jnp.diff(gray, axis=1, append=gray[:, -1:]))
 
-    def maps_fn(variables, image, target, key):
-        grad = methods.importance("saliency", api.saliency_methods.saliency(engine, variables, image, target))
-        return {"maps": {"edges": edge_detector(image), "saliency": grad}}
+    def maps_fn(variables, image):
+        grad = methods.importance("saliency", saliency.saliency(engine, variables, image, jnp.int32(0)))
+        return jnp.stack([edge_detector(image), grad])
 
     x = rand((3, 6, 6, 3), seed=9)
-    targets = np.zeros(3, np.int32)
-    keys = np.zeros((3, 2), np.uint32)
-    original = api.map_examples(maps_fn, (model.variables,), x, targets, keys)["maps"]
+
+    def maps_of(variables):
+        return map_examples(maps_fn, (variables,), x, chunk=4)
+
     top_down = [layer.param_paths for layer in reversed(model.graph.layers) if layer.param_paths]
-    scores = cascade_correlations(maps_fn, model.variables, top_down, x, targets, keys, original, seed=0, chunk=4)
-    assert scores["edges"].tolist() == pytest.approx([1.0] * len(top_down))
-    assert abs(scores["saliency"][-1]) < 0.5
+    scores = cascade_correlations(maps_of, model.variables, top_down, maps_of(model.variables), seed=0)
+    assert scores[0].tolist() == pytest.approx([1.0] * len(top_down))
+    assert abs(scores[1][-1]) < 0.5

@@ -32,13 +32,13 @@ def test_model_folder_convention(tmp_path: Path) -> None:
 def test_precedence_flags_over_config_over_folder_over_pyproject(tmp_path: Path) -> None:
     folder = model_folder(tmp_path)
     (tmp_path / "pyproject.toml").write_text(
-        '[tool.reportgen]\nseed = 1\nchunk_size = 8\nrare_fraction = 0.2\nprofile = "quick"\n'
+        '[tool.reportgen]\nseed = 1\ntop_patches = 8\nrare_fraction = 0.2\nprofile = "quick"\n'
     )
-    (folder / "reportgen.toml").write_text("seed = 2\nchunk_size = 16\n")
+    (folder / "reportgen.toml").write_text("seed = 2\ntop_patches = 6\n")
     config = tmp_path / "c.toml"
     config.write_text("seed = 3\npreprocess = { scale = 255.0, mean = [1, 2, 3], std = 2 }\n")
     s = resolve({"model": f"{folder}/model.py:Net", "seed": 4}, str(config), cwd=tmp_path)
-    assert (s.seed, s.chunk_size, s.rare_fraction, s.profile) == (4, 16, 0.2, "quick")
+    assert (s.seed, s.top_patches, s.rare_fraction, s.profile) == (4, 6, 0.2, "quick")
     assert s.activation_images == PROFILES["quick"]["activation_images"]
     assert s.preprocess == Preprocess(255.0, (1.0, 2.0, 3.0), (2.0,))
 
@@ -47,7 +47,7 @@ def test_precedence_flags_over_config_over_folder_over_pyproject(tmp_path: Path)
     ("text", "message"),
     [
         ("colour = 1\n", "unknown setting 'colour'"),
-        ("chunk_size = 0\n", "chunk_size must be at least 1"),
+        ("memory_budget = -1.0\n", "memory_budget must not be negative"),
         ('profile = "huge"\n', "profile 'huge' is unknown"),
         ("input_shape = [1, 2]\n", "is not H,W,C"),
         ("seed = [\n", "is not valid TOML"),

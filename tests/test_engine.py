@@ -167,4 +167,4 @@ def test_new_data_of_the_same_shape_does_not_recompile(model: LoadedModel) -> No
     engine = Engine(model.graph)
     compute.map_examples(engine.logits, (model.variables,), images(5, seed=1), chunk=8)
     compute.map_examples(engine.logits, (model.variables,), images(21, seed=2), chunk=8)
-    assert compute._compiled(engine.logits, 1)._cache_size() == 1
+    assert compute._compiled(engine.logits, 1, 1)._cache_size() == 1

@@ -12,7 +12,7 @@ from conftest import SPEC, save
 
 from reportgen import api
 from reportgen.analyses import activations, featurevis, patches
-from reportgen.compute import map_examples
+from reportgen.compute import iterate_examples, map_examples
 from reportgen.model.engine import Engine
 from reportgen.model.load import LoadedModel
 
@@ -67,16 +67,31 @@ def test_truncated_forward_gives_the_full_models_activation(tiny: LoadedModel) -
 def test_vmapped_filters_equal_a_per_filter_loop_and_seeds_repeat(tiny: LoadedModel) -> None:
     config = featurevis.VisConfig(steps=12)
     pre = featurevis.Preprocessing(1.0, np.zeros(3, np.float32), np.ones(3, np.float32))
-    fn = featurevis.visualise(
+    vis = featurevis.visualise(
         featurevis.layer_objective(Engine(tiny.graph), "conv1", "channel_mean"), config, (8, 8, 3), np.eye(3), pre
     )
     filters = np.arange(5, dtype=np.int32)
     keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(0), 5)))
-    batched, values = map_examples(fn, (tiny.variables,), filters, keys, chunk=4)
-    looped = [jax.jit(fn)(tiny.variables, filters[i], keys[i]) for i in range(5)]
+
+    def optimise(chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        return iterate_examples(
+            vis.init, vis.step, vis.steps, vis.finish, (tiny.variables,), filters, keys, chunk=chunk
+        )
+
+    init, step, finish = jax.jit(vis.init), jax.jit(vis.step), jax.jit(vis.finish)
+
+    def one_filter(i: int) -> tuple[jax.Array, jax.Array]:
+        state = init(tiny.variables, filters[i], keys[i])
+        for t in range(vis.steps):
+            state = step(tiny.variables, state, filters[i], keys[i], t)
+        return finish(tiny.variables, state, filters[i], keys[i])
+
+    batched, values = optimise(4)
+    looped = [one_filter(i) for i in range(5)]
     np.testing.assert_allclose(batched, np.stack([im for im, _ in looped]), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(values, np.stack([v for _, v in looped]), rtol=1e-4, atol=1e-5)
-    again, _ = map_examples(fn, (tiny.variables,), filters, keys, chunk=4)
+    np.testing.assert_allclose(optimise(1)[0], batched, rtol=1e-4, atol=1e-5)
+    again, _ = optimise(4)
     np.testing.assert_array_equal(batched, again)
     assert batched.shape == (5, 1, 8, 8, 3) and batched.min() >= 0 and batched.max() <= 1
 

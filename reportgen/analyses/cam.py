@@ -44,22 +44,31 @@ def upsample(cam: jax.Array, size: Sequence[int]) -> jax.Array:
     return jax.image.resize(cam, tuple(size), method="bilinear")
 
 
-def score_cam(
-    engine: Engine, variables: Any, image: jax.Array, target: jax.Array, activation: jax.Array, black: jax.Array
+def score_cam_probabilities(
+    engine: Engine,
+    variables: Any,
+    image: jax.Array,
+    target: jax.Array,
+    activation: jax.Array,
+    channels: jax.Array,
+    black: jax.Array,
 ) -> jax.Array:
-    """Score-CAM (Wang et al. 2020): channels weighted by how much the class probability rises when
-    the image is masked by that channel's upsampled, [0, 1]-normalised map.
-
-    Weights are the softmax over channels of p(image ⊙ mask_k) − p(black), as in the paper.
-    """
+    """(B,) target class probability of the image masked by each of `channels`' upsampled,
+    [0, 1]-normalised activation map (blending towards `black`): Score-CAM's channel scores."""
     size = image.shape[:2]
-    maps = jnp.moveaxis(activation, -1, 0)
-    low = maps.min(axis=(1, 2), keepdims=True)
-    high = maps.max(axis=(1, 2), keepdims=True)
-    masks = (maps - low) / jnp.where(high > low, high - low, 1.0)
-    masks = jax.vmap(lambda m: upsample(m, size))(masks)
-    masked = black + (image - black) * masks[..., None]
-    base = jax.nn.softmax(engine.logits(variables, black))[target]
-    scores = jax.vmap(lambda x: jax.nn.softmax(engine.logits(variables, x))[target])(masked) - base
-    weights = jax.nn.softmax(scores)
-    return jax.nn.relu((activation * weights).sum(axis=-1))
+
+    def probability(channel: jax.Array) -> jax.Array:
+        single = jnp.take(activation, channel, axis=-1)
+        low, high = single.min(), single.max()
+        mask = upsample((single - low) / jnp.where(high > low, high - low, 1.0), size)
+        masked = black + (image - black) * mask[..., None]
+        return jax.nn.softmax(engine.logits(variables, masked))[target]
+
+    return jax.vmap(probability)(channels)
+
+
+def score_cam(activation: jax.Array, scores: jax.Array) -> jax.Array:
+    """Score-CAM (Wang et al. 2020): ReLU(Σ_k softmax(s)_k A_k), with s_k the class probability of
+    the image masked by channel k (`score_cam_probabilities`). The paper subtracts the
+    probability of the baseline image from every score first, which the softmax cancels."""
+    return jax.nn.relu((activation * jax.nn.softmax(scores)).sum(axis=-1))

@@ -11,35 +11,53 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from reportgen.model.engine import Engine
 
 
-def curves(
+def pixel_ranks(importance: np.ndarray) -> np.ndarray:
+    """(..., H, W) rank of every pixel in its map, 0 for the most important (ties by position)."""
+    flat = np.asarray(importance).reshape(-1, importance.shape[-2] * importance.shape[-1])
+    order = np.argsort(-flat, axis=-1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(flat.shape[-1]), flat.shape), axis=-1)
+    return ranks.reshape(importance.shape).astype(np.int32)
+
+
+def curve_points(steps: int, pixels: int, methods: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The points of every deletion and insertion curve of `methods` maps, flattened: (method
+    index, pixels changed, deleting?) for deletion curves first, then insertion curves."""
+    counts = np.round(np.linspace(0, pixels, steps + 1)).astype(np.int32)
+    method = np.tile(np.repeat(np.arange(methods, dtype=np.int32), steps + 1), 2)
+    count = np.tile(counts, 2 * methods)
+    deleting = np.arange(2 * methods * (steps + 1)) < methods * (steps + 1)
+    return method, count, deleting
+
+
+def point_probabilities(
     engine: Engine,
     variables: Any,
     image: jax.Array,
     target: jax.Array,
-    importance: jax.Array,
+    ranks: jax.Array,
     removed: jax.Array,
     start: jax.Array,
-    steps: int,
-) -> tuple[jax.Array, jax.Array]:
-    """Deletion and insertion curves, each (steps + 1,) class probabilities from 0 to all pixels.
+    method: jax.Array,
+    count: jax.Array,
+    deleting: jax.Array,
+) -> jax.Array:
+    """(B,) class probability at curve points (`curve_points`): deletion replaces the `count` most
+    important pixels of `method`'s map (`ranks` (M, H, W)) by `removed`; insertion reveals them
+    on `start`."""
 
-    `importance` (H, W) ranks pixels (ties by position); `removed` is what deleted pixels become,
-    `start` the image insertion starts from.
-    """
-    h, w = importance.shape
-    order = jnp.argsort(-importance.ravel(), stable=True)
-    rank = jnp.zeros(h * w, jnp.int32).at[order].set(jnp.arange(h * w, dtype=jnp.int32)).reshape(h, w)
-    counts = jnp.round(jnp.linspace(0, h * w, steps + 1)).astype(jnp.int32)
-    masks = (rank[None] < counts[:, None, None])[..., None]
-    probability = jax.vmap(lambda x: jax.nn.softmax(engine.logits(variables, x))[target])
-    deletion = probability(jnp.where(masks, removed, image))
-    insertion = probability(jnp.where(masks, image, start))
-    return deletion, insertion
+    def probability(m: jax.Array, c: jax.Array, d: jax.Array) -> jax.Array:
+        mask = (ranks[m] < c)[..., None]
+        x = jnp.where(d, jnp.where(mask, removed, image), jnp.where(mask, image, start))
+        return jax.nn.softmax(engine.logits(variables, x))[target]
+
+    return jax.vmap(probability)(method, count, deleting)
 
 
 def area(curve: ArrayLike) -> jax.Array:

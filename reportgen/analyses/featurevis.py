@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from reportgen.analyses.saliency import blur
-from reportgen.model.engine import Engine, ReluRule
+from reportgen.model.engine import Engine
 
 PARAMETERISATIONS = ("fourier", "pixels")
 OBJECTIVES = ("channel_mean", "centre")
@@ -132,17 +132,20 @@ def _gram(activation: jax.Array) -> jax.Array:
     return gram.ravel() / (jnp.linalg.norm(gram) + 1e-8)
 
 
-Objective = Callable[[Any, jax.Array, jax.Array, ReluRule], tuple[jax.Array, jax.Array]]
+Objective = Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+"""(variables, model-space image, filter or class index, redirect flag) -> (score, output)."""
 
 
 def layer_objective(engine: Engine, layer: str, kind: str) -> Objective:
-    """(variables, model-space image, filter) -> (score to maximise, the layer output), evaluating
-    the model only up to `layer`. `kind`: the channel's spatial mean, or its centre unit."""
+    """(variables, model-space image, filter, redirect) -> (score to maximise, the layer output),
+    evaluating the model only up to `layer`, whose ReLU redirects gradients while `redirect` is
+    true. `kind`: the channel's spatial mean, or its centre unit."""
     if kind not in OBJECTIVES:
         raise ValueError(f"unknown objective {kind!r}; choose one of {OBJECTIVES}")
 
-    def objective(variables: Any, x: jax.Array, index: jax.Array, relu: ReluRule) -> tuple[jax.Array, jax.Array]:
-        out = engine.layer_outputs(variables, x, [layer], relu=relu, relu_layers=[layer])[layer]
+    def objective(variables: Any, x: jax.Array, index: jax.Array, redirect: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = engine.layer_outputs(variables, x, [layer], relu="redirected", relu_layers=[layer], redirect=redirect)
+        out = out[layer]
         channel = jnp.take(out, index, axis=-1)
         if kind == "centre" and channel.ndim == 2:
             return channel[channel.shape[0] // 2, channel.shape[1] // 2], out
@@ -154,11 +157,28 @@ def layer_objective(engine: Engine, layer: str, kind: str) -> Objective:
 def logit_objective(engine: Engine) -> Objective:
     """(variables, model-space image, class) -> (the class logit, before softmax; the logits)."""
 
-    def objective(variables: Any, x: jax.Array, index: jax.Array, relu: ReluRule) -> tuple[jax.Array, jax.Array]:
+    def objective(variables: Any, x: jax.Array, index: jax.Array, redirect: jax.Array) -> tuple[jax.Array, jax.Array]:
         logits = engine.logits(variables, x)
         return jnp.take(logits, index), logits
 
     return objective
+
+
+@dataclass(frozen=True)
+class Visualiser:
+    """Activation maximisation of one filter (or class) as three per-filter functions, so that a
+    host loop drives the steps (`compute.iterate_examples`):
+
+    - `init(variables, index, key_data) -> state`
+    - `steps` times `step(variables, state, index, key_data, step_number) -> state`
+    - `finish(variables, state, index, key_data) -> (images (B, H, W, C) in [0, 1], their final
+      objective values (B,) measured without transforms)`; B = images_per_filter.
+    """
+
+    init: Callable[..., Any]
+    step: Callable[..., Any]
+    steps: int
+    finish: Callable[..., Any]
 
 
 def visualise(
@@ -167,23 +187,23 @@ def visualise(
     shape: tuple[int, int, int],
     basis: np.ndarray,
     preprocess: Preprocessing,
-) -> Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
-    """Per-filter function (variables, filter index, key data) -> (images (B, H, W, C) in [0, 1],
-    their final objective values (B,) measured without transforms); B = images_per_filter.
+) -> Visualiser:
+    """The optimisation of one filter's (or class's) images.
 
     For the first quarter of the steps the target layer's own ReLU passes gradients that would
     raise a negative input, so that a filter silent on the starting noise still moves; the rest
-    follow the true gradient.
+    follow the true gradient. Step t's transforms come from the filter's key folded with t, so the
+    result does not depend on how filters are batched.
     """
     schedule = optax.cosine_decay_schedule(config.learning_rate, config.steps, alpha=0.1)
     optimiser = optax.adam(schedule)
     count = config.images_per_filter
 
-    def loss(params: jax.Array, variables: Any, index: jax.Array, key: jax.Array, relu: ReluRule) -> jax.Array:
+    def loss(params: jax.Array, variables: Any, index: jax.Array, key: jax.Array, redirect: jax.Array) -> jax.Array:
         images = jax.vmap(lambda p: to_image(config, p, shape, basis))(params)
         keys = jax.random.split(key, count)
         warped = jax.vmap(lambda image, k: random_transform(image, k, config))(images, keys)
-        scores, outs = jax.vmap(lambda image: objective(variables, preprocess(image), index, relu))(warped)
+        scores, outs = jax.vmap(lambda image: objective(variables, preprocess(image), index, redirect))(warped)
         penalty = config.tv_weight * jax.vmap(total_variation)(images).mean()
         penalty += config.l2_weight * ((images - 0.5) ** 2).mean()
         penalty += config.blur_weight * jax.vmap(lambda im: ((im - blur(im, 1.0)) ** 2).mean())(images).mean()
@@ -193,27 +213,27 @@ def visualise(
             penalty += config.diversity_weight * (similarity.sum() - jnp.trace(similarity)) / (count * (count - 1))
         return -scores.mean() + penalty
 
-    def per_filter(variables: Any, index: jax.Array, key_data: jax.Array) -> tuple[jax.Array, jax.Array]:
-        key = jax.random.wrap_key_data(key_data)
-        init_key, run_key = jax.random.split(key)
+    def init(variables: Any, index: jax.Array, key_data: jax.Array) -> tuple[jax.Array, Any]:
+        init_key, _ = jax.random.split(jax.random.wrap_key_data(key_data))
         params = jax.vmap(lambda k: init_params(config, shape, k))(jax.random.split(init_key, count))
-        state = optimiser.init(params)
+        return params, optimiser.init(params)
 
-        def stepper(relu: ReluRule) -> Callable[[tuple[jax.Array, Any], jax.Array], tuple[tuple[jax.Array, Any], None]]:
-            def step(carry: tuple[jax.Array, Any], step_key: jax.Array) -> tuple[tuple[jax.Array, Any], None]:
-                params, state = carry
-                grads = jax.grad(loss)(params, variables, index, step_key, relu)
-                updates, state = optimiser.update(grads, state, params)
-                return (optax.apply_updates(params, updates), state), None
+    warm = config.steps // 4
 
-            return step
+    def step(
+        variables: Any, state: tuple[jax.Array, Any], index: jax.Array, key_data: jax.Array, t: jax.Array
+    ) -> tuple[jax.Array, Any]:
+        params, opt_state = state
+        _, run_key = jax.random.split(jax.random.wrap_key_data(key_data))
+        grads = jax.grad(loss)(params, variables, index, jax.random.fold_in(run_key, t), t < warm)
+        updates, opt_state = optimiser.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
 
-        keys = jax.random.split(run_key, config.steps)
-        warm = config.steps // 4
-        (params, state), _ = jax.lax.scan(stepper("redirected"), (params, state), keys[:warm])
-        (params, _), _ = jax.lax.scan(stepper("standard"), (params, state), keys[warm:])
-        images = jax.vmap(lambda p: to_image(config, p, shape, basis))(params)
-        final = jax.vmap(lambda image: objective(variables, preprocess(image), index, "standard")[0])(images)
+    def finish(
+        variables: Any, state: tuple[jax.Array, Any], index: jax.Array, key_data: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        images = jax.vmap(lambda p: to_image(config, p, shape, basis))(state[0])
+        final = jax.vmap(lambda image: objective(variables, preprocess(image), index, jnp.asarray(False))[0])(images)
         return images, final
 
-    return per_filter
+    return Visualiser(init, step, config.steps, finish)

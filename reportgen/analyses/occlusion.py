@@ -30,17 +30,25 @@ def window_masks(height: int, width: int, window: int, stride: int) -> np.ndarra
     return np.stack(masks)
 
 
-def occlusion(
-    engine: Engine, variables: Any, image: jax.Array, target: jax.Array, masks: np.ndarray, baseline: jax.Array
+def occluded_probabilities(
+    engine: Engine, variables: Any, image: jax.Array, target: jax.Array, masks: jax.Array, fill: jax.Array
 ) -> jax.Array:
-    """(H, W): mean over the windows covering each pixel of p(image) − p(occluded image).
+    """(B,) target class probability with each of `masks` (B, H, W) filled with `fill` (a scalar
+    or per-channel value in the model's input space)."""
 
-    `baseline` is the fill value in the model's input space (a scalar or a per-channel vector).
+    def probability(mask: jax.Array) -> jax.Array:
+        occluded = jnp.where(mask[..., None], jnp.broadcast_to(fill, image.shape), image)
+        return jax.nn.softmax(engine.logits(variables, occluded))[target]
+
+    return jax.vmap(probability)(masks)
+
+
+def occlusion_map(probability: np.ndarray, occluded: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(N, H, W): mean over the windows covering each pixel of p(image) − p(occluded image).
+
+    `probability` (N,) is the unoccluded target probability, `occluded` (N, P) the probability
+    with each of the P `masks` (P, H, W) applied.
     """
-    probs = jax.nn.softmax(engine.logits(variables, image))
-    target = jnp.where(target < 0, jnp.argmax(probs), target)
-    m = jnp.asarray(masks)[..., None]
-    occluded = jnp.where(m, jnp.broadcast_to(baseline, image.shape), image)
-    drops = probs[target] - jax.vmap(lambda x: jax.nn.softmax(engine.logits(variables, x))[target])(occluded)
-    coverage = masks.sum(axis=0)
-    return jnp.tensordot(drops, jnp.asarray(masks, image.dtype), axes=1) / np.maximum(coverage, 1)
+    drops = probability[:, None] - occluded
+    coverage = np.maximum(masks.sum(axis=0), 1)
+    return np.tensordot(drops, masks.astype(drops.dtype), axes=1) / coverage

@@ -57,19 +57,32 @@ def gradient_x_input(engine: Engine, variables: Any, image: jax.Array, target: j
     return input_gradient(engine, variables, image, target) * image
 
 
-def smoothgrad(
-    engine: Engine, variables: Any, image: jax.Array, target: jax.Array, key: jax.Array, samples: int, noise: float
-) -> jax.Array:
-    """Mean gradient over Gaussian-noised copies (Smilkov et al. 2017, "SmoothGrad").
+def gradient_sum(engine: Engine, variables: Any, points: jax.Array, weights: jax.Array, target: jax.Array) -> jax.Array:
+    """Σ_j weights[j] · d logit[target] / d x at each of `points` (B, H, W, C)."""
+    grads = jax.vmap(lambda x: input_gradient(engine, variables, x, target))(points)
+    return jnp.tensordot(weights, grads, axes=1)
 
-    `noise` is the standard deviation as a fraction of the image's value range.
+
+def smoothgrad_part(
+    engine: Engine,
+    variables: Any,
+    image: jax.Array,
+    target: jax.Array,
+    key_data: jax.Array,
+    samples: jax.Array,
+    weights: jax.Array,
+    noise: float,
+) -> jax.Array:
+    """The share of `samples` (sample indices) in SmoothGrad's mean gradient over Gaussian-noised
+    copies (Smilkov et al. 2017, "SmoothGrad"); `weights` are 1/S, or 0 for padding.
+
+    `noise` is the standard deviation as a fraction of the image's value range. Sample i's noise
+    comes from the example's key folded with i, so any split of the samples gives the same sum.
     """
-    logits = engine.logits(variables, image)
-    target = resolve_target(logits, target)
+    key = jax.random.wrap_key_data(key_data)
     sigma = noise * (image.max() - image.min())
-    noisy = image + sigma * jax.random.normal(key, (samples, *image.shape), image.dtype)
-    grads = jax.vmap(lambda x: input_gradient(engine, variables, x, target))(noisy)
-    return grads.mean(axis=0)
+    noisy = jax.vmap(lambda i: image + sigma * jax.random.normal(jax.random.fold_in(key, i), image.shape))(samples)
+    return gradient_sum(engine, variables, noisy, weights, target)
 
 
 def blur(image: jax.Array, sigma: float) -> jax.Array:
@@ -119,18 +132,23 @@ def path_points(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"unknown integration rule {rule!r}; choose one of {IG_RULES}")
 
 
-def integrated_gradients(
-    engine: Engine, variables: Any, image: jax.Array, target: jax.Array, start: jax.Array, steps: int, rule: str
+def integrated_gradients_part(
+    engine: Engine,
+    variables: Any,
+    image: jax.Array,
+    target: jax.Array,
+    start: jax.Array,
+    alphas: jax.Array,
+    weights: jax.Array,
 ) -> jax.Array:
-    """(x − x′) ⊙ ∫ ∇f(x′ + α(x − x′)) dα (Sundararajan, Taly & Yan 2017, "Axiomatic Attribution").
+    """The share of path points `alphas` (quadrature weights `weights`, 0 for padding) in
+    (x − x′) ⊙ ∫ ∇f(x′ + α(x − x′)) dα (Sundararajan, Taly & Yan 2017, "Axiomatic Attribution").
 
-    Completeness: the map sums to f(x) − f(x′) up to the quadrature error.
+    Summed over all points of `path_points`, the map sums to f(x) − f(x′) up to the quadrature
+    error (completeness).
     """
-    target = resolve_target(engine.logits(variables, image), target)
-    alphas, weights = path_points(steps, rule)
-    path = start + jnp.asarray(alphas, image.dtype)[:, None, None, None] * (image - start)
-    grads = jax.vmap(lambda x: input_gradient(engine, variables, x, target))(path)
-    return (image - start) * jnp.tensordot(jnp.asarray(weights, image.dtype), grads, axes=1)
+    path = start + alphas[:, None, None, None] * (image - start)
+    return (image - start) * gradient_sum(engine, variables, path, weights, target)
 
 
 @dataclass(frozen=True)

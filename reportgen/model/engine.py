@@ -61,22 +61,26 @@ deconvnet_relu.defvjp(_deconv_fwd, _deconv_bwd)
 
 
 @jax.custom_vjp
-def redirected_relu(x: jax.Array) -> jax.Array:
-    """ReLU whose backward pass also lets through gradients that would raise a negative input.
+def redirected_relu(x: jax.Array, redirect: jax.Array) -> jax.Array:
+    """ReLU whose backward pass, while `redirect` is true, also lets through gradients that would
+    raise a negative input (and is the plain ReLU gradient otherwise).
 
     For the first steps of activation maximisation, so that a unit inactive on the starting image
     still receives a gradient (Olah, Mordvintsev & Schubert 2017, "Feature Visualization").
-    Assumes the objective is minimised: a negative cotangent raises the input.
+    Assumes the objective is minimised: a negative cotangent raises the input. `redirect` is a
+    traced flag, so one compiled step serves both phases.
     """
     return jnp.maximum(x, 0)
 
 
-def _redirected_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return jnp.maximum(x, 0), x
+def _redirected_fwd(x: jax.Array, redirect: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return jnp.maximum(x, 0), (x, redirect)
 
 
-def _redirected_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
-    return (jnp.where((x > 0) | (g < 0), g, jnp.zeros_like(g)),)
+def _redirected_bwd(saved: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, redirect = saved
+    passes = (x > 0) | ((g < 0) & redirect)
+    return jnp.where(passes, g, jnp.zeros_like(g)), jnp.zeros_like(redirect)
 
 
 redirected_relu.defvjp(_redirected_fwd, _redirected_bwd)
@@ -84,7 +88,6 @@ redirected_relu.defvjp(_redirected_fwd, _redirected_bwd)
 _RELUS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "guided": guided_relu,
     "deconvnet": deconvnet_relu,
-    "redirected": redirected_relu,
 }
 
 
@@ -115,11 +118,13 @@ def evaluate(
     probes: Mapping[int, jax.Array] | None = None,
     relu: ReluRule = "standard",
     relu_at: frozenset[int] | None = None,
+    redirect: jax.Array | None = None,
 ) -> list[jax.Array]:
     """Values of the target variables for one example, computing only what they need.
 
     `probes` maps variable ids to arrays added to those variables as soon as they are computed.
-    `relu` replaces the backward rule of every ReLU, or only of the ReLU equations in `relu_at`.
+    `relu` replaces the backward rule of every ReLU, or only of the ReLU equations in `relu_at`;
+    the "redirected" rule redirects while the boolean `redirect` is true (default: always).
     """
     flat = graph.flat
     probes = probes or {}
@@ -128,6 +133,9 @@ def evaluate(
         if vid in probes:
             env[vid] = env[vid] + probes[vid]
     replacement = _RELUS.get(relu)
+    if relu == "redirected":
+        flag = jnp.asarray(True) if redirect is None else jnp.asarray(redirect, bool)
+        replacement = lambda x: redirected_relu(x, flag)  # noqa: E731
     replaced = graph.relu_eqns if relu_at is None else graph.relu_eqns & relu_at
     for i in _needed_eqns(flat, targets):
         eqn = flat.eqns[i]
@@ -181,14 +189,16 @@ class Engine:
         names: Sequence[str],
         relu: ReluRule = "standard",
         relu_layers: Sequence[str] | None = None,
+        redirect: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
         """Outputs of the named layers for one example; stops after the last one needed.
 
         `relu` swaps the backward rule of every ReLU, or with `relu_layers` only of the ReLUs
-        that produce those layers' outputs.
+        that produce those layers' outputs; `redirect` is the flag of the "redirected" rule.
         """
         relu_at = None if relu_layers is None else self.output_relus(relu_layers)
-        values = evaluate(self.graph, jax.tree.leaves(variables), image, self._vars(names), relu=relu, relu_at=relu_at)
+        leaves = jax.tree.leaves(variables)
+        values = evaluate(self.graph, leaves, image, self._vars(names), relu=relu, relu_at=relu_at, redirect=redirect)
         return {n: v[0] for n, v in zip(names, values, strict=True)}
 
     def output_relus(self, names: Sequence[str]) -> frozenset[int]:

@@ -129,6 +129,14 @@ class Graph:
         raise KeyError(f"no layer named {name!r}; layers are: {', '.join(layer.name for layer in self.layers)}")
 
     @property
+    def cam_layer(self) -> str:
+        """The layer class activation maps are taken at by default: the last convolution."""
+        convs = [layer.name for layer in self.layers if layer.kind == "conv" and layer.is_spatial]
+        if not convs:
+            raise ValueError("the model has no spatial convolution layer for class activation maps")
+        return convs[-1]
+
+    @property
     def num_classes(self) -> int:
         """Width of the model output."""
         (out,) = self.flat.outputs

@@ -51,7 +51,7 @@ class CheckpointInfo:
     bytes: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoadedModel:
     """A restored model: a pure per-example apply function, its variables and its layer graph."""
 

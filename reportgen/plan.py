@@ -1,0 +1,407 @@
+"""Cost and memory model of a build, from the layer graph and the device.
+
+Before anything heavy runs, the planner counts what one pass of the model costs — FLOPs of a
+forward pass, FLOPs of a forward and input-gradient pass, and the bytes of every intermediate
+value one example creates — and measures the device's own throughput on the model's layer
+shapes. From those it chooses how many passes each stage holds at once (examples in a chunk, and
+inside each example the batch of IG steps, SmoothGrad samples, occlusion windows, Score-CAM
+channels, faithfulness steps; filters and classes in feature visualisation), so that peak memory
+stays under the budget, and estimates each stage's time. A profile's wall-time budget then
+decides what is computed in full and what is sampled; the plan and every sampling decision are
+recorded in the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reportgen.errors import UserError
+from reportgen.model.graph import Graph
+
+GIB = 1024**3
+
+FORWARD_MEMORY = 1.0
+"""Peak bytes of a forward pass held in a batch, as a multiple of its activation bytes (XLA frees
+most intermediates early, but fused producers keep a few layers alive)."""
+
+GRADIENT_MEMORY = 2.5
+"""Peak bytes of a forward + input-gradient pass: the saved residuals, the cotangents of the
+widest layers, and workspace."""
+
+SATURATION_FLOPS = {"cpu": (2.5e9, 1e9), "gpu": (2e11, 2e11), "tpu": (4e11, 4e11)}
+"""(forward, gradient) FLOPs of one batched call beyond which a larger batch no longer raises
+throughput on that platform; batches stop growing there even when memory would allow more. On a
+CPU, gradient batches are best small (measured on the demo: 67 GFLOP/s at 8 examples, 45 at 32)."""
+
+
+def saturation(platform: str, kind: str) -> float:
+    """FLOPs per call at which batches of `kind` ("forward" or "gradient") stop growing."""
+    forward, gradient = SATURATION_FLOPS.get(platform, SATURATION_FLOPS["gpu"])
+    return forward if kind == "forward" else gradient
+
+
+BUDGET_FRACTION = {"cpu": 0.4, "gpu": 0.75, "tpu": 0.75}
+"""Default memory budget: this fraction of the free host RAM (CPU) or device memory."""
+
+PROFILE_SECONDS = {"quick": 180.0, "standard": 600.0, "full": math.inf}
+"""The wall time each profile promises on the machine at hand (estimated before computing)."""
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """What one example costs the model."""
+
+    forward_flops: int  # one forward pass
+    activation_bytes: int  # every intermediate value of one forward pass
+    layer_flops: dict[str, int]  # forward FLOPs up to and including each layer
+    layer_bytes: dict[str, int]  # activation bytes up to and including each layer
+    widest_layer: str  # the layer with the largest output
+
+
+def model_cost(graph: Graph) -> ModelCost:
+    """Count FLOPs and activation bytes of one example from the flat jaxpr."""
+    flat = graph.flat
+    image = flat.inputs[-1]
+    derived = {image}
+    layer_vars = {layer.var: layer.name for layer in graph.layers}
+    flops_so_far = bytes_so_far = 0
+    layer_flops: dict[str, int] = {}
+    layer_bytes: dict[str, int] = {}
+    per_layer_flops = {layer.var: layer.flops for layer in graph.layers}
+    for eqn in flat.eqns:
+        if not any(isinstance(v, int) and v in derived for v in eqn.inputs):
+            continue
+        for out in eqn.outputs:
+            derived.add(out)
+            bytes_so_far += math.prod(flat.shapes[out]) * np.dtype(flat.dtypes[out]).itemsize
+            if out in layer_vars:
+                flops_so_far += per_layer_flops[out]
+                layer_flops[layer_vars[out]] = flops_so_far
+                layer_bytes[layer_vars[out]] = bytes_so_far
+    widest = max(graph.layers, key=lambda layer: math.prod(layer.output_shape))
+    return ModelCost(
+        forward_flops=max(flops_so_far, 1),
+        activation_bytes=max(bytes_so_far, 1),
+        layer_flops=layer_flops,
+        layer_bytes=layer_bytes,
+        widest_layer=widest.name,
+    )
+
+
+@dataclass(frozen=True)
+class Device:
+    """The devices a build runs on."""
+
+    platform: str  # "cpu", "gpu" or "tpu"
+    count: int
+    free_bytes: int  # free memory the budget is taken from (host RAM on CPU)
+    throughput: float  # measured FLOP/s of the model's forward pass, all devices together
+
+
+def free_memory() -> tuple[str, int, int]:
+    """(platform, device count, free bytes): device memory where JAX reports it, else host RAM."""
+    devices = jax.devices()
+    platform = devices[0].platform
+    stats = devices[0].memory_stats() if platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return platform, len(devices), int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    return platform, len(devices), _available_ram()
+
+
+def _available_ram() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil comes with orbax
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def measure_throughput(
+    logits: Any, variables: Any, input_shape: tuple[int, ...], cost: ModelCost, streams: int = 1
+) -> float:
+    """FLOP/s of the model's jit+vmap'd forward pass at a batch near saturation, run from
+    `streams` host threads at once (as the stages run), measured now."""
+    platform = jax.devices()[0].platform
+    batch = int(np.clip(saturation(platform, "forward") / cost.forward_flops, 1, 256))
+    batch = -(-batch // jax.device_count()) * jax.device_count()
+    run = jax.jit(jax.vmap(logits, in_axes=(None, 0)))
+    x = jnp.zeros((batch, *input_shape), jnp.float32)
+    jax.block_until_ready(run(variables, x))
+    repeats = 3
+
+    def stream(_: int) -> None:
+        for _ in range(repeats):
+            jax.block_until_ready(run(variables, x))
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(streams) as pool:
+        list(pool.map(stream, range(streams)))
+    seconds = time.perf_counter() - start
+    return streams * repeats * batch * cost.forward_flops / seconds
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many passes of the model may run at once."""
+
+    memory_bytes: int
+    forward: int  # forward passes held at once
+    gradient: int  # forward + gradient passes held at once
+
+    def forward_at(self, cost: ModelCost, layer: str | None = None) -> int:
+        """Forward passes at once when evaluation stops at `layer`."""
+        return self._passes(cost, layer, FORWARD_MEMORY, 1)
+
+    def gradient_at(self, cost: ModelCost, layer: str | None = None) -> int:
+        """Forward + gradient passes at once when evaluation stops at `layer`."""
+        return self._passes(cost, layer, GRADIENT_MEMORY, 2)
+
+    def _passes(self, cost: ModelCost, layer: str | None, memory: float, work: int) -> int:
+        nbytes = cost.layer_bytes[layer] if layer else cost.activation_bytes
+        flops = cost.layer_flops[layer] if layer else cost.forward_flops
+        by_memory = self.memory_bytes // max(int(memory * nbytes), 1)
+        kind = "forward" if work == 1 else "gradient"
+        by_work = saturation(jax.devices()[0].platform, kind) // max(work * flops, 1)
+        return int(max(1, min(by_memory, by_work)))
+
+
+def budget(cost: ModelCost, memory_gb: float, platform: str, free_bytes: int, workers: int = 1) -> Budget:
+    """The pass budget of each of `workers` concurrent streams for `memory_gb` in all (0: the
+    default fraction of free memory); UserError when not even one example's gradient pass fits."""
+    memory = int(memory_gb * GIB) if memory_gb > 0 else int(BUDGET_FRACTION.get(platform, 0.5) * free_bytes)
+    memory //= max(1, workers)
+    one = int(GRADIENT_MEMORY * cost.activation_bytes)
+    if one > memory:
+        raise UserError(
+            f"one example needs about {one / GIB:.2f} GiB for a gradient pass (widest layer {cost.widest_layer}),"
+            f" more than the {memory / GIB:.2f} GiB memory budget of each of {workers} streams;"
+            " raise memory_budget or use a smaller input_shape"
+        )
+    by_work = saturation(platform, "forward") // cost.forward_flops
+    forward = max(1, min(memory // int(FORWARD_MEMORY * cost.activation_bytes), int(by_work)))
+    gradient = max(1, min(memory // one, int(saturation(platform, "gradient") // (2 * cost.forward_flops))))
+    return Budget(memory, int(forward), int(gradient))
+
+
+def split(passes: int, outer: int, inner: int, devices: int = 1) -> tuple[int, int]:
+    """(outer chunk, inner batch) for `outer` items of `inner` passes each, at most `passes` at once.
+
+    The outer chunk is a multiple of the device count (the example axis is sharded); inner work
+    is batched first, since it shares the example's inputs.
+    """
+    slices = -(-inner // max(1, passes // devices))
+    inner_batch = -(-inner // slices)  # equal slices: as little padding as the budget allows
+    chunk = max(1, min(outer, passes // inner_batch))
+    chunk = -(-chunk // devices) * devices
+    return chunk, inner_batch
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage: its batching, its estimated cost and, once run, what it measured."""
+
+    name: str
+    chunk: int  # outer items at once (examples, filters or classes)
+    inner_batch: int  # inner passes at once per outer item (0: no inner axis)
+    flops: float  # estimated FLOPs of the stage
+    estimated_seconds: float
+    estimated_bytes: int
+    measured_seconds: float | None = None
+    measured_peak_bytes: int | None = None
+
+    def measured(self, seconds: float, peak_bytes: int | None) -> StagePlan:
+        """This stage with its measurements."""
+        return dataclasses.replace(self, measured_seconds=seconds, measured_peak_bytes=peak_bytes)
+
+    @property
+    def gflops_per_second(self) -> float | None:
+        """Effective throughput of the measured run."""
+        if not self.measured_seconds:
+            return None
+        return self.flops / self.measured_seconds / 1e9
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every stage's batching and estimates, the settings after the profile's time budget, and
+    what was sampled to meet it."""
+
+    passes: Budget
+    throughput: float  # measured FLOP/s of the model's forward pass
+    time_budget: float  # seconds the profile promises (inf: none)
+    stages: tuple[StagePlan, ...]
+    settings: Any  # reportgen.config.Settings after sampling
+    sampled: tuple[str, ...]  # what was computed on a sample, and how to get the rest
+
+    def stage(self, name: str) -> StagePlan:
+        """The plan of the stage called `name`."""
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+    @property
+    def estimated_seconds(self) -> float:
+        """Estimated wall time of all stages."""
+        return sum(stage.estimated_seconds for stage in self.stages)
+
+
+COMPILE_SECONDS = {"cpu": 3.0, "gpu": 5.0, "tpu": 10.0}
+"""Rough compilation time of one stage's programs (a cold cache), added to its estimate."""
+
+FIGURE_SECONDS = 0.01
+"""Rough seconds to draw and encode one small figure (matplotlib and PNG), for the estimate."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """How much a build computes: the counts a profile's time budget can reduce."""
+
+    probe_images: int
+    shown_images: int  # images whose activation maps are drawn
+    attribution_images: int
+    sanity_images: int
+    vis_filters: dict[str, int]  # visualised filters per conv layer
+    classes: int  # class visualisations
+
+
+def attribution_passes(settings: Any, cam_channels: int, windows: int) -> tuple[int, int]:
+    """(gradient passes, forward passes) of every attribution method for one example."""
+    gradient = 3 + settings.smoothgrad_samples + settings.ig_steps  # shared, guided, deconvnet, ...
+    forward = cam_channels + windows
+    return gradient, forward
+
+
+def stage_plans(
+    settings: Any, graph: Graph, cost: ModelCost, passes: Budget, throughput: float, work: Workload
+) -> list[StagePlan]:
+    """Every stage's batching, FLOPs, time and memory for `work`."""
+    from reportgen.analyses.occlusion import window_masks
+
+    devices = jax.device_count()
+    h, w = graph.input_shape[:2]
+    windows = len(window_masks(h, w, settings.occlusion_window, settings.occlusion_stride))
+    cam_channels = graph.layer(graph.cam_layer).output_shape[-1]
+    grad_passes, fwd_passes = attribution_passes(settings, cam_channels, windows)
+    f = cost.forward_flops
+    per_example = 2 * f * grad_passes + f * fwd_passes
+    curve_points = 2 * 12 * (settings.faithfulness_steps + 1)
+    grad_bytes = int(GRADIENT_MEMORY * cost.activation_bytes)
+    fwd_bytes = int(FORWARD_MEMORY * cost.activation_bytes)
+
+    compile_seconds = COMPILE_SECONDS.get(jax.devices()[0].platform, 5.0)
+
+    def stage(name: str, chunk: int, inner: int, flops: float, nbytes: int) -> StagePlan:
+        return StagePlan(name, chunk, inner, flops, flops / throughput + compile_seconds, nbytes)
+
+    forward_chunk = min(work.probe_images, passes.forward)
+    a_chunk, a_inner = split(passes.gradient, work.attribution_images, max(settings.smoothgrad_samples, 2))
+    f_chunk, f_inner = split(passes.forward, work.attribution_images, curve_points)
+    stages = [
+        stage("forward pass", forward_chunk, 0, work.probe_images * f, forward_chunk * fwd_bytes),
+        stage("activation maps", forward_chunk, 0, work.shown_images * f, forward_chunk * fwd_bytes),
+        stage(
+            "attribution maps", a_chunk, a_inner, work.attribution_images * per_example, a_chunk * a_inner * grad_bytes
+        ),
+        stage(
+            "faithfulness curves",
+            f_chunk,
+            f_inner,
+            work.attribution_images * curve_points * f,
+            f_chunk * f_inner * fwd_bytes,
+        ),
+        stage(
+            "sanity check",
+            a_chunk,
+            a_inner,
+            sum(1 for layer in graph.layers if layer.param_paths) * work.sanity_images * per_example,
+            a_chunk * a_inner * grad_bytes,
+        ),
+    ]
+    for layer, filters in work.vis_filters.items():
+        chunk = max(1, min(filters, passes.gradient_at(cost, layer) // settings.vis_images_per_filter))
+        flops = filters * settings.vis_steps * settings.vis_images_per_filter * 2 * cost.layer_flops[layer]
+        nbytes = chunk * settings.vis_images_per_filter * int(GRADIENT_MEMORY * cost.layer_bytes[layer])
+        stages.append(stage(f"visualise {layer}", -(-chunk // devices) * devices, 0, flops, nbytes))
+    class_chunk = max(1, min(work.classes, passes.gradient // settings.vis_images_per_filter))
+    stages.append(
+        stage(
+            "visualise classes",
+            -(-class_chunk // devices) * devices,
+            0,
+            work.classes * settings.class_steps * settings.vis_images_per_filter * 2 * f,
+            class_chunk * settings.vis_images_per_filter * grad_bytes,
+        )
+    )
+    figures = len(graph.layers) * (
+        4 + (work.shown_images if settings.activation_images == 0 else settings.activation_images)
+    )
+    figures += sum(work.vis_filters.values()) + work.classes + 2 * work.attribution_images
+    stages.append(StagePlan("figures", 0, 0, 0.0, figures * FIGURE_SECONDS, 0))
+    return stages
+
+
+def make_plan(settings: Any, graph: Graph, cost: ModelCost, passes: Budget, throughput: float, work: Workload) -> Plan:
+    """The plan of a build: the full workload when its estimate fits the profile's time budget,
+    else the most active filters, fewer attribution images and fewer sanity images until it does."""
+    limit = settings.time_budget or PROFILE_SECONDS[settings.profile]
+    sampled: list[str] = []
+
+    def total(candidate: Workload) -> float:
+        return sum(s.estimated_seconds for s in stage_plans(settings, graph, cost, passes, throughput, candidate))
+
+    if total(work) > limit and work.vis_filters:
+        widest = max(work.vis_filters.values())
+        keep = _largest_fitting(
+            1, widest, lambda k: total(dataclasses.replace(work, vis_filters=_capped(work.vis_filters, k))) <= limit
+        )
+        if keep < widest:
+            work = dataclasses.replace(work, vis_filters=_capped(work.vis_filters, keep))
+            settings = dataclasses.replace(settings, vis_filters=keep)
+            sampled.append(
+                f"feature visualisation: the {keep} most active filters of each layer (of up to {widest});"
+                " set vis_filters = 0 with time_budget = inf, or use --profile full, for every filter"
+            )
+    if total(work) > limit and work.attribution_images > 1:
+        full = work.attribution_images
+        keep = _largest_fitting(1, full, lambda k: total(dataclasses.replace(work, attribution_images=k)) <= limit)
+        if keep < full:
+            work = dataclasses.replace(work, attribution_images=keep, sanity_images=min(work.sanity_images, keep))
+            settings = dataclasses.replace(settings, attribution_images=keep)
+            sampled.append(
+                f"attribution: {keep} of {full} images explained; raise attribution_images with a larger"
+                " time_budget, or use --profile full"
+            )
+    if total(work) > limit and work.sanity_images > 1:
+        full = work.sanity_images
+        work = dataclasses.replace(work, sanity_images=1)
+        settings = dataclasses.replace(settings, sanity_images=1)
+        sampled.append(f"sanity check: 1 of {full} images; use a larger time_budget for more")
+    stages = stage_plans(settings, graph, cost, passes, throughput, work)
+    return Plan(passes, throughput, limit, tuple(stages), settings, tuple(sampled))
+
+
+def _capped(filters: dict[str, int], keep: int) -> dict[str, int]:
+    return {layer: min(count, keep) for layer, count in filters.items()}
+
+
+def _largest_fitting(low: int, high: int, fits: Any) -> int:
+    """The largest k in [low, high] with fits(k) (fits is monotone); low when none fits."""
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low

@@ -1,0 +1,172 @@
+"""The planner (costs, pass budgets, batching, time budgets) and the batched drivers it feeds."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import io
+import math
+import weakref
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tiny_models
+from conftest import SPEC, save
+
+from reportgen import api, compute, plan
+from reportgen.config import Settings
+from reportgen.errors import UserError
+from reportgen.model.load import LoadedModel
+from reportgen.progress import Progress
+
+
+@pytest.fixture(scope="module")
+def two_conv(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    variables = tiny_models.init_linen(tiny_models.TwoConvPool(), seed=2)
+    return api.load_model(f"{SPEC}:TwoConvPool", save(tmp_path_factory.mktemp("two") / "ck", variables))
+
+
+def test_model_cost_by_hand(two_conv: LoadedModel) -> None:
+    cost = plan.model_cost(two_conv.graph)
+    # 12x12x1 input, SAME 3x3 convs: a (1 -> 2), b (2 -> 2), 2x2 max pool, dense 72 -> 2.
+    a, b = 2 * 144 * 2 * 9 * 1, 2 * 144 * 2 * 9 * 2
+    assert cost.layer_flops["a"] == a
+    assert cost.layer_flops["b"] == a + b
+    assert cost.forward_flops >= a + b + 2 * 72 * 2
+    outputs = sum(4 * math.prod(layer.output_shape) for layer in two_conv.graph.layers)
+    assert cost.activation_bytes >= outputs
+    assert cost.layer_bytes["a"] < cost.layer_bytes["b"] <= cost.activation_bytes
+    assert cost.widest_layer in ("a", "b")
+
+
+@pytest.mark.parametrize("passes", [1, 2, 5, 12, 100])
+@pytest.mark.parametrize("inner", [1, 7, 16, 50])
+@pytest.mark.parametrize("devices", [1, 4])
+def test_split_stays_within_the_budget_with_equal_slices(passes: int, inner: int, devices: int) -> None:
+    outer = 43
+    chunk, batch = plan.split(passes, outer, inner, devices)
+    slices = -(-inner // batch)
+    assert 1 <= batch <= inner
+    assert batch * slices - inner < slices  # at most one padded point per slice
+    assert chunk % devices == 0
+    if passes >= devices * batch:
+        assert chunk * batch <= max(passes, devices * batch)
+    else:
+        assert batch == 1 or batch <= passes
+
+
+def test_a_model_that_cannot_fit_one_example_is_refused(two_conv: LoadedModel) -> None:
+    cost = plan.model_cost(two_conv.graph)
+    with pytest.raises(UserError, match=r"one example needs about .* GiB .*widest layer [ab]\b.*memory_budget"):
+        plan.budget(cost, 1e-9, "cpu", 2**34)
+    passes = plan.budget(cost, 0.0, "cpu", 2**34)
+    assert passes.gradient >= 1 and passes.forward >= passes.gradient
+
+
+def workload(filters: int) -> plan.Workload:
+    return plan.Workload(12, 4, 12, 4, {"a": min(filters, 2), "b": filters}, 2)
+
+
+def test_profile_time_budget_samples_the_most_active_filters_first(two_conv: LoadedModel) -> None:
+    graph = two_conv.graph
+    cost = plan.model_cost(graph)
+    passes = plan.Budget(2**30, forward=8, gradient=4)
+    settings = Settings(model="m", checkpoint="c", vis_filters=0, time_budget=math.inf)
+    full = plan.make_plan(settings, graph, cost, passes, 1e6, workload(2))
+    assert full.sampled == () and full.settings.vis_filters == 0
+    limit = full.estimated_seconds * 0.6
+    tight = plan.make_plan(dataclasses.replace(settings, time_budget=limit), graph, cost, passes, 1e6, workload(2))
+    assert tight.sampled, "an over-budget plan must say what it sampled"
+    assert tight.estimated_seconds <= limit or tight.settings.attribution_images == 1
+    assert tight.settings.vis_filters in (1,) or tight.settings.attribution_images < 12
+
+
+def test_map_inner_sums_and_concatenates_whatever_the_batching() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(7, 3)).astype(np.float32)
+    w = rng.normal(size=(11,)).astype(np.float32)
+    scale = np.float32(2.0)
+
+    def products(s: jax.Array, row: jax.Array, weights: jax.Array) -> jax.Array:
+        return s * row[None, :] * weights[:, None]  # (B, 3)
+
+    def summed(s: jax.Array, row: jax.Array, weights: jax.Array) -> jax.Array:
+        return products(s, row, weights).sum(axis=0)
+
+    expected = 2.0 * x[:, None, :] * w[None, :, None]
+    for chunk, batch in ((1, 1), (3, 4), (7, 11), (64, 64)):
+        joined = compute.map_inner(products, (scale,), (x,), (w,), chunk=chunk, inner_batch=batch, combine="concat")
+        np.testing.assert_allclose(joined, expected, rtol=1e-6)
+        total = compute.map_inner(summed, (scale,), (x,), (w,), chunk=chunk, inner_batch=batch, combine="sum")
+        np.testing.assert_allclose(total, expected.sum(axis=1), rtol=1e-5)
+
+
+def test_every_method_is_independent_of_the_pass_budget(tmp_path: Path) -> None:
+    variables = tiny_models.init_linen(tiny_models.ConvGap(), seed=6)
+    model = api.load_model(f"{SPEC}:ConvGap", save(tmp_path / "ck", variables))
+    x = np.random.default_rng(3).normal(size=(5, 6, 6, 3)).astype(np.float32)
+    options = {"smoothgrad_samples": 5, "ig_steps": 7, "occlusion_window": 3, "occlusion_stride": 2}
+    results = [api.attribute(model, x, chunk=c, **options) for c in (1, 3, 64)]
+    for name, value in results[0].items():
+        if name == "layer_cams":
+            continue
+        for other in results[1:]:
+            np.testing.assert_allclose(other[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_faithfulness_curves_are_independent_of_the_pass_budget(tmp_path: Path) -> None:
+    from reportgen.analyses.methods import AttributionConfig
+    from reportgen.attribution import MethodRunner
+    from reportgen.model.engine import Engine
+
+    variables = tiny_models.init_linen(tiny_models.ConvGap(), seed=6)
+    model = api.load_model(f"{SPEC}:ConvGap", save(tmp_path / "ck", variables))
+    runner = MethodRunner(Engine(model.graph), AttributionConfig(faithfulness_steps=5), "conv", ["conv"], np.zeros((6, 6, 3)))
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 6, 6, 3)).astype(np.float32)
+    maps = rng.normal(size=(3, 2, 6, 6)).astype(np.float32)
+    targets = np.array([0, 1, 0], np.int32)
+    curves = [runner.curves(model.variables, x, targets, maps, plan.Budget(0, c, c)) for c in (1, 4, 500)]
+    for deletion, insertion in curves[1:]:
+        np.testing.assert_allclose(deletion, curves[0][0], rtol=1e-6)
+        np.testing.assert_allclose(insertion, curves[0][1], rtol=1e-6)
+    deletion, insertion = curves[0]
+    assert deletion.shape == insertion.shape == (3, 2, 6)
+    # Every curve ends where the other starts: all pixels deleted is the black image, none the image.
+    probs = np.asarray(jax.nn.softmax(api.predict(model, x), axis=-1))[np.arange(3), targets]
+    np.testing.assert_allclose(deletion[:, :, 0], probs[:, None].repeat(2, 1), rtol=1e-5)
+    np.testing.assert_allclose(insertion[:, :, -1], probs[:, None].repeat(2, 1), rtol=1e-5)
+
+
+def test_api_compiles_once_and_does_not_keep_models_alive(tmp_path: Path) -> None:
+    variables = tiny_models.init_linen(tiny_models.ConvGap(), seed=6)
+    model = api.load_model(f"{SPEC}:ConvGap", save(tmp_path / "ck", variables))
+    rng = np.random.default_rng(5)
+    for _ in range(2):
+        api.saliency(model, rng.normal(size=(4, 6, 6, 3)).astype(np.float32), chunk=4)
+    runner = next(v for k, v in api._RUNNERS[model].items() if k[0] == "runner")
+    assert compute._compiled(runner._shared, 1, 2)._cache_size() == 1
+    alive = weakref.ref(model)
+    del model, runner
+    gc.collect()
+    assert alive() is None
+
+
+def test_progress_writes_one_line_per_stage_with_the_time_left() -> None:
+    stream = io.StringIO()
+    progress = Progress(stream=stream)
+    progress.expect({"first": 1.0, "second": 3.0})
+    progress.start("first", 2)
+    jnp.zeros(3).block_until_ready()
+    progress.advance(2)
+    progress.finish()
+    progress.start("second")
+    progress.finish()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("first") and "left" in lines[0]
+    assert lines[1].startswith("second") and "left" not in lines[1]
+    assert set(progress.peaks) == {"first", "second"} and progress.peaks["first"] > 0
