@@ -11,6 +11,7 @@ whose size the planner picks (`compute.map_inner`).
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from reportgen.analyses import cam, faithfulness, methods, occlusion, saliency, 
 from reportgen.compute import example_keys, map_examples, map_inner
 from reportgen.config import Settings
 from reportgen.model.engine import Engine
+from reportgen.model.graph import Layer
 from reportgen.model.load import LoadedModel
 from reportgen.plan import Budget as Passes
 from reportgen.plan import split
@@ -320,14 +322,14 @@ def run(
     deletion, insertion = runner.curves(model.variables, images, out.targets, stacked, passes, progress.advance)
     progress.finish()
 
-    top_down = [layer for layer in reversed(model.graph.layers) if layer.param_paths]
+    groups = sanity_groups([layer for layer in reversed(model.graph.layers) if layer.param_paths], settings)
     n_sanity = min(settings.sanity_images, len(images))
-    progress.start("sanity check", len(top_down))
+    progress.start("sanity check", len(groups))
     sample = (images[:n_sanity], out.targets[:n_sanity], keys[:n_sanity])
     correlations = cascade_correlations(
         lambda variables: importance_maps(runner.run(variables, *sample, passes)),
         model.variables,
-        [layer.param_paths for layer in top_down],
+        [[path for layer in group for path in layer.param_paths] for group in groups],
         stacked[:n_sanity],
         settings.seed,
         progress.advance,
@@ -341,10 +343,18 @@ def run(
         cam_layer=runner.cam_layer,
         deletion=deletion,
         insertion=insertion,
-        sanity_layers=tuple(layer.name for layer in top_down),
+        sanity_layers=tuple(group[-1].name for group in groups),
         sanity=correlations,
         sanity_images=n_sanity,
     )
+
+
+def sanity_groups(top_down: Sequence[Layer], settings: Settings) -> list[list[Layer]]:
+    """The cascade's stages: the layers with parameters, top down, in at most `sanity_stages`
+    groups of consecutive layers (one layer each with 0). Stage s randomises groups 1 … s."""
+    count = min(settings.sanity_stages or len(top_down), len(top_down))
+    bounds = np.linspace(0, len(top_down), count + 1).round().astype(int)
+    return [list(top_down[int(a) : int(b)]) for a, b in itertools.pairwise(bounds)]
 
 
 def cascade_correlations(

@@ -94,8 +94,9 @@ def _chunks(
     progress: Callable[[int], None] | None,
 ) -> Any:
     """`compute_chunk(start, size)` for every chunk of n examples (fixed size, the last one padded
-    by the callee), on `workers()` threads; results trimmed to the valid rows and stacked."""
-    size = chunk_for(max(1, min(chunk, -(-n // workers()))))
+    by the callee, so the shape never depends on n), on `workers()` threads; results trimmed to
+    the valid rows and stacked."""
+    size = chunk_for(chunk)
     lock = threading.Lock()
 
     def one(start: int) -> Any:

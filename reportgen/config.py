@@ -92,6 +92,7 @@ class Settings:
     attribution_images: int = 43  # probe images explained by every attribution method (0: all)
     attribution_target: str = "predicted"  # "predicted", "label" or a class index
     sanity_images: int = 4  # images of the cascading randomisation check
+    sanity_stages: int = 0  # randomisation stages, consecutive layers grouped top down (0: one per layer)
     sanity_threshold: float = 0.5  # flag a method whose maps keep this rank correlation
     smoothgrad_samples: int = 16
     smoothgrad_noise: float = 0.15  # noise std as a fraction of the image's value range
@@ -114,6 +115,7 @@ class Settings:
     vis_images_per_filter: int = 1
     vis_diversity: float = 0.0
     class_steps: int = 128
+    vis_classes: int = 0  # classes visualised, the most often predicted first (0: all)
     class_learning_rate: float = 0.05
     class_tv: float = 0.05
     top_patches: int = 4

@@ -158,6 +158,7 @@ class Budget:
     memory_bytes: int
     forward: int  # forward passes held at once
     gradient: int  # forward + gradient passes held at once
+    workers: int = 1  # concurrent streams, each with this budget
 
     def forward_at(self, cost: ModelCost, layer: str | None = None) -> int:
         """Forward passes at once when evaluation stops at `layer`."""
@@ -191,7 +192,14 @@ def budget(cost: ModelCost, memory_gb: float, platform: str, free_bytes: int, wo
     by_work = saturation(platform, "forward") // cost.forward_flops
     forward = max(1, min(memory // int(FORWARD_MEMORY * cost.activation_bytes), int(by_work)))
     gradient = max(1, min(memory // one, int(saturation(platform, "gradient") // (2 * cost.forward_flops))))
-    return Budget(memory, int(forward), int(gradient))
+    return Budget(memory, int(forward), int(gradient), max(1, workers))
+
+
+def spread(chunk: int, items: int, workers: int, devices: int = 1) -> int:
+    """`chunk`, made small enough that every worker stream gets a chunk of the `items`, and a
+    multiple of the device count."""
+    chunk = max(1, min(chunk, -(-items // max(1, workers))))
+    return -(-chunk // devices) * devices
 
 
 def split(passes: int, outer: int, inner: int, devices: int = 1) -> tuple[int, int]:
@@ -203,7 +211,7 @@ def split(passes: int, outer: int, inner: int, devices: int = 1) -> tuple[int, i
     slices = -(-inner // max(1, passes // devices))
     inner_batch = -(-inner // slices)  # equal slices: as little padding as the budget allows
     chunk = max(1, min(outer, passes // inner_batch))
-    chunk = -(-chunk // devices) * devices
+    chunk = max(devices, chunk // devices * devices)  # whole rows of devices, within the budget
     return chunk, inner_batch
 
 
@@ -272,6 +280,7 @@ class Workload:
     shown_images: int  # images whose activation maps are drawn
     attribution_images: int
     sanity_images: int
+    sanity_stages: int
     vis_filters: dict[str, int]  # visualised filters per conv layer
     classes: int  # class visualisations
 
@@ -305,7 +314,7 @@ def stage_plans(
     def stage(name: str, chunk: int, inner: int, flops: float, nbytes: int) -> StagePlan:
         return StagePlan(name, chunk, inner, flops, flops / throughput + compile_seconds, nbytes)
 
-    forward_chunk = min(work.probe_images, passes.forward)
+    forward_chunk = spread(passes.forward, work.probe_images, passes.workers, devices)
     a_chunk, a_inner = split(passes.gradient, work.attribution_images, max(settings.smoothgrad_samples, 2))
     f_chunk, f_inner = split(passes.forward, work.attribution_images, curve_points)
     stages = [
@@ -325,20 +334,22 @@ def stage_plans(
             "sanity check",
             a_chunk,
             a_inner,
-            sum(1 for layer in graph.layers if layer.param_paths) * work.sanity_images * per_example,
+            work.sanity_stages * work.sanity_images * per_example,
             a_chunk * a_inner * grad_bytes,
         ),
     ]
     for layer, filters in work.vis_filters.items():
-        chunk = max(1, min(filters, passes.gradient_at(cost, layer) // settings.vis_images_per_filter))
+        chunk = spread(
+            passes.gradient_at(cost, layer) // settings.vis_images_per_filter, filters, passes.workers, devices
+        )
         flops = filters * settings.vis_steps * settings.vis_images_per_filter * 2 * cost.layer_flops[layer]
         nbytes = chunk * settings.vis_images_per_filter * int(GRADIENT_MEMORY * cost.layer_bytes[layer])
-        stages.append(stage(f"visualise {layer}", -(-chunk // devices) * devices, 0, flops, nbytes))
-    class_chunk = max(1, min(work.classes, passes.gradient // settings.vis_images_per_filter))
+        stages.append(stage(f"visualise {layer}", chunk, 0, flops, nbytes))
+    class_chunk = spread(passes.gradient // settings.vis_images_per_filter, work.classes, passes.workers, devices)
     stages.append(
         stage(
             "visualise classes",
-            -(-class_chunk // devices) * devices,
+            class_chunk,
             0,
             work.classes * settings.class_steps * settings.vis_images_per_filter * 2 * f,
             class_chunk * settings.vis_images_per_filter * grad_bytes,
@@ -352,56 +363,57 @@ def stage_plans(
     return stages
 
 
+def scaled(work: Workload, fraction: float) -> Workload:
+    """`work` with every reducible count scaled by `fraction` (at least 1 of each; 2 sanity stages)."""
+
+    def part(count: int, least: int = 1) -> int:
+        return min(count, max(least, round(count * fraction)))
+
+    return dataclasses.replace(
+        work,
+        attribution_images=part(work.attribution_images),
+        sanity_images=part(work.sanity_images),
+        sanity_stages=part(work.sanity_stages, 2),
+        vis_filters={layer: part(count) for layer, count in work.vis_filters.items()},
+        classes=part(work.classes),
+    )
+
+
 def make_plan(settings: Any, graph: Graph, cost: ModelCost, passes: Budget, throughput: float, work: Workload) -> Plan:
     """The plan of a build: the full workload when its estimate fits the profile's time budget,
-    else the most active filters, fewer attribution images and fewer sanity images until it does."""
+    else every reducible count (most active filters, most predicted classes, explained images,
+    sanity images and stages) scaled down by one common fraction until it does."""
     limit = settings.time_budget or PROFILE_SECONDS[settings.profile]
-    sampled: list[str] = []
 
     def total(candidate: Workload) -> float:
         return sum(s.estimated_seconds for s in stage_plans(settings, graph, cost, passes, throughput, candidate))
 
-    if total(work) > limit and work.vis_filters:
-        widest = max(work.vis_filters.values())
-        keep = _largest_fitting(
-            1, widest, lambda k: total(dataclasses.replace(work, vis_filters=_capped(work.vis_filters, k))) <= limit
-        )
-        if keep < widest:
-            work = dataclasses.replace(work, vis_filters=_capped(work.vis_filters, keep))
-            settings = dataclasses.replace(settings, vis_filters=keep)
-            sampled.append(
-                f"feature visualisation: the {keep} most active filters of each layer (of up to {widest});"
-                " set vis_filters = 0 with time_budget = inf, or use --profile full, for every filter"
-            )
-    if total(work) > limit and work.attribution_images > 1:
-        full = work.attribution_images
-        keep = _largest_fitting(1, full, lambda k: total(dataclasses.replace(work, attribution_images=k)) <= limit)
-        if keep < full:
-            work = dataclasses.replace(work, attribution_images=keep, sanity_images=min(work.sanity_images, keep))
-            settings = dataclasses.replace(settings, attribution_images=keep)
-            sampled.append(
-                f"attribution: {keep} of {full} images explained; raise attribution_images with a larger"
-                " time_budget, or use --profile full"
-            )
-    if total(work) > limit and work.sanity_images > 1:
-        full = work.sanity_images
-        work = dataclasses.replace(work, sanity_images=1)
-        settings = dataclasses.replace(settings, sanity_images=1)
-        sampled.append(f"sanity check: 1 of {full} images; use a larger time_budget for more")
+    sampled: list[str] = []
+    if total(work) > limit:
+        low, high = 0.0, 1.0
+        for _ in range(20):
+            middle = (low + high) / 2
+            low, high = (middle, high) if total(scaled(work, middle)) <= limit else (low, middle)
+        full, work = work, scaled(work, low)
+        widest = max(full.vis_filters.values(), default=0)
+        kept = max(work.vis_filters.values(), default=0)
+        changes = {
+            "vis_filters": (kept, widest, f"feature visualisation: the {kept} most active filters of each layer"
+                            f" (of up to {widest})"),
+            "vis_classes": (work.classes, full.classes, f"class visualisation: the {work.classes} of {full.classes}"
+                            " classes predicted most often"),
+            "sanity_stages": (work.sanity_stages, full.sanity_stages, f"sanity check: {work.sanity_stages} stages"
+                              f" of consecutive layers instead of {full.sanity_stages}"),
+            "attribution_images": (work.attribution_images, full.attribution_images, f"attribution:"
+                                   f" {work.attribution_images} of {full.attribution_images} images explained"),
+            "sanity_images": (work.sanity_images, full.sanity_images, f"sanity check: {work.sanity_images} of"
+                              f" {full.sanity_images} images"),
+        }  # fmt: skip
+        for name, (kept_count, full_count, note) in changes.items():
+            if kept_count < full_count:
+                settings = dataclasses.replace(settings, **{name: kept_count})
+                sampled.append(f"{note}, to fit the {settings.profile} profile's {limit:.0f} s")
+        if sampled:
+            sampled.append("time_budget = inf (or --profile full) computes everything")
     stages = stage_plans(settings, graph, cost, passes, throughput, work)
     return Plan(passes, throughput, limit, tuple(stages), settings, tuple(sampled))
-
-
-def _capped(filters: dict[str, int], keep: int) -> dict[str, int]:
-    return {layer: min(count, keep) for layer, count in filters.items()}
-
-
-def _largest_fitting(low: int, high: int, fits: Any) -> int:
-    """The largest k in [low, high] with fits(k) (fits is monotone); low when none fits."""
-    while low < high:
-        middle = (low + high + 1) // 2
-        if fits(middle):
-            low = middle
-        else:
-            high = middle - 1
-    return low

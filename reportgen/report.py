@@ -121,7 +121,16 @@ def _plan(settings: Settings, model: LoadedModel, engine: Engine, probe: ProbeSe
         for name in visualisation.visualised_layers(model)
     }
     explained = len(display_indices(probe.labels, settings.attribution_images))
-    work = plan.Workload(n, shown, explained, min(settings.sanity_images, explained), vis, graph.num_classes)
+    stages = sum(1 for layer in graph.layers if layer.param_paths)
+    work = plan.Workload(
+        n,
+        shown,
+        explained,
+        min(settings.sanity_images, explained),
+        min(settings.sanity_stages or stages, stages),
+        vis,
+        min(settings.vis_classes or graph.num_classes, graph.num_classes),
+    )
     return plan.make_plan(settings, graph, cost, passes, throughput, work)
 
 
@@ -224,8 +233,9 @@ def build(settings: Settings, command: str = "", progress: Progress | None = Non
     vis_chunks = {
         s.name.removeprefix("visualise "): s.chunk for s in build_plan.stages if s.name.startswith("visualise ")
     }
+    class_order = np.argsort(-np.bincount(pred.predicted, minlength=model.graph.num_classes), kind="stable")
     filter_vis, class_vis = visualisation.run(
-        engine, model, probe.images, stats, layer_stats, settings, vis_chunks, progress
+        engine, model, probe.images, stats, layer_stats, settings, vis_chunks, class_order, progress
     )
     found = _findings(probe, pred, classes, layers, layer_stats, int((~finite).sum()), attribution_json)
 

@@ -318,8 +318,9 @@ def class_cards(
 ) -> ClassSection:
     """Each class's synthesised image beside the first correctly classified probe image of it."""
     cards = []
-    for k, name in enumerate(classes):
-        image = store.add(f"class-{k:03d}.png", figures.thumbnail(vis.images[k, 0], zoom=3), f"{name} synthesised")
+    for row, k in enumerate(vis.classes.tolist()):
+        name = classes[k]
+        image = store.add(f"class-{k:03d}.png", figures.thumbnail(vis.images[row, 0], zoom=3), f"{name} synthesised")
         hits = np.flatnonzero((probe.labels == k) & (pred.predicted == k))
         example = (
             store.add(
@@ -328,11 +329,15 @@ def class_cards(
             if len(hits)
             else None
         )
-        cards.append(ClassCard(name, image, example, f"logit {vis.logits[k]:.3g}"))
+        cards.append(ClassCard(name, image, example, f"logit {vis.logits[row]:.3g}"))
     note = (
         "Each image maximises one class logit (before softmax), starting from noise; beside it, the first"
         " probe image of that class the model classifies correctly."
     )
+    if len(vis.classes) < len(classes):
+        note += (
+            f" Shown: the {len(vis.classes)} of {len(classes)} classes the model predicts most often on the probe set."
+        )
     return ClassSection(tuple(cards), note)
 
 

@@ -56,6 +56,7 @@ class FilterVisualisation:
 class ClassVisualisation:
     """One synthesised image per class and the logit it reaches."""
 
+    classes: np.ndarray  # (K,) class indices visualised
     images: np.ndarray  # (K, B, H, W, C)
     logits: np.ndarray  # (K,)
 
@@ -102,10 +103,12 @@ def run(
     layer_stats: Mapping[str, LayerStatistics],
     settings: Settings,
     chunks: Mapping[str, int],
+    class_order: np.ndarray,
     progress: Progress,
 ) -> tuple[list[FilterVisualisation], ClassVisualisation]:
     """Visualise the filters of every conv layer and every class; `chunks` gives the filters
-    optimised at once per layer name (and the classes at once under `CLASSES`)."""
+    optimised at once per layer name (and the classes at once under `CLASSES`); the first
+    `vis_classes` of `class_order` are visualised (all with 0)."""
     config = vis_config(settings)
     shape = model.input_shape
     basis = featurevis.colour_basis(probe_images)
@@ -145,7 +148,7 @@ def run(
                 ),
             )
         )
-    classes = np.arange(model.graph.num_classes, dtype=np.int32)
+    classes = np.sort(class_order[: settings.vis_classes or len(class_order)]).astype(np.int32)
     progress.start("visualise classes", len(classes))
     class_config = dataclasses.replace(
         config,
@@ -168,7 +171,7 @@ def run(
         progress=progress.advance,
     )
     progress.finish()
-    return results, ClassVisualisation(images, values[:, 0])
+    return results, ClassVisualisation(classes, images, values[:, 0])
 
 
 def _probe_objective(stat: Mapping[str, np.ndarray], objective: str) -> np.ndarray:
@@ -200,5 +203,5 @@ def to_json(results: list[FilterVisualisation], classes: ClassVisualisation, cla
         }
     return {
         "layers": layers,
-        "classes": {name: float(v) for name, v in zip(class_names, classes.logits, strict=True)},
+        "classes": {class_names[int(k)]: float(v) for k, v in zip(classes.classes, classes.logits, strict=True)},
     }

@@ -12,7 +12,7 @@ from conftest import SPEC, save
 
 from reportgen import api
 from reportgen.analyses import activations, featurevis, patches
-from reportgen.compute import iterate_examples, map_examples
+from reportgen.compute import RANDOM_BITS, iterate_examples, map_examples
 from reportgen.model.engine import Engine
 from reportgen.model.load import LoadedModel
 
@@ -87,7 +87,8 @@ def test_vmapped_filters_equal_a_per_filter_loop_and_seeds_repeat(tiny: LoadedMo
         return finish(tiny.variables, state, filters[i], keys[i])
 
     batched, values = optimise(4)
-    looped = [one_filter(i) for i in range(5)]
+    with RANDOM_BITS:  # the random-bits setting every compiled analysis runs under
+        looped = [one_filter(i) for i in range(5)]
     np.testing.assert_allclose(batched, np.stack([im for im, _ in looped]), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(values, np.stack([v for _, v in looped]), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(optimise(1)[0], batched, rtol=1e-4, atol=1e-5)

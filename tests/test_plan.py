@@ -31,8 +31,10 @@ def two_conv(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 
 def test_model_cost_by_hand(two_conv: LoadedModel) -> None:
     cost = plan.model_cost(two_conv.graph)
-    # 12x12x1 input, SAME 3x3 convs: a (1 -> 2), b (2 -> 2), 2x2 max pool, dense 72 -> 2.
-    a, b = 2 * 144 * 2 * 9 * 1, 2 * 144 * 2 * 9 * 2
+    # 12x12x1 input, SAME 3x3 convs: a (1 -> 2), b (2 -> 2), 2x2 max pool, dense 72 -> 2. A conv
+    # layer counts its multiply-adds twice, plus one operation per output for the bias and the ReLU.
+    outputs = 144 * 2
+    a, b = 2 * outputs * 9 * 1 + 2 * outputs, 2 * outputs * 9 * 2 + 2 * outputs
     assert cost.layer_flops["a"] == a
     assert cost.layer_flops["b"] == a + b
     assert cost.forward_flops >= a + b + 2 * 72 * 2
@@ -67,7 +69,7 @@ def test_a_model_that_cannot_fit_one_example_is_refused(two_conv: LoadedModel) -
 
 
 def workload(filters: int) -> plan.Workload:
-    return plan.Workload(12, 4, 12, 4, {"a": min(filters, 2), "b": filters}, 2)
+    return plan.Workload(12, 4, 12, 4, 3, {"a": min(filters, 2), "b": filters}, 2)
 
 
 def test_profile_time_budget_samples_the_most_active_filters_first(two_conv: LoadedModel) -> None:
@@ -80,8 +82,9 @@ def test_profile_time_budget_samples_the_most_active_filters_first(two_conv: Loa
     limit = full.estimated_seconds * 0.6
     tight = plan.make_plan(dataclasses.replace(settings, time_budget=limit), graph, cost, passes, 1e6, workload(2))
     assert tight.sampled, "an over-budget plan must say what it sampled"
-    assert tight.estimated_seconds <= limit or tight.settings.attribution_images == 1
-    assert tight.settings.vis_filters in (1,) or tight.settings.attribution_images < 12
+    assert tight.estimated_seconds <= limit
+    assert tight.settings.vis_filters < 2 or tight.settings.attribution_images < 12
+    assert any("time_budget = inf" in line for line in tight.sampled)
 
 
 def test_map_inner_sums_and_concatenates_whatever_the_batching() -> None:
@@ -124,7 +127,9 @@ def test_faithfulness_curves_are_independent_of_the_pass_budget(tmp_path: Path) 
 
     variables = tiny_models.init_linen(tiny_models.ConvGap(), seed=6)
     model = api.load_model(f"{SPEC}:ConvGap", save(tmp_path / "ck", variables))
-    runner = MethodRunner(Engine(model.graph), AttributionConfig(faithfulness_steps=5), "conv", ["conv"], np.zeros((6, 6, 3)))
+    runner = MethodRunner(
+        Engine(model.graph), AttributionConfig(faithfulness_steps=5), "conv", ["conv"], np.zeros((6, 6, 3))
+    )
     rng = np.random.default_rng(4)
     x = rng.normal(size=(3, 6, 6, 3)).astype(np.float32)
     maps = rng.normal(size=(3, 2, 6, 6)).astype(np.float32)
