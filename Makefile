@@ -31,13 +31,13 @@ test-fast: $(STAMP) ## Run the tests without the slow end-to-end ones
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP) ## ruff format check, ruff check and mypy
-	$(BIN)/ruff format --check reportgen tests models
-	$(BIN)/ruff check reportgen tests models
+	$(BIN)/ruff format --check reportgen tests models benchmarks
+	$(BIN)/ruff check reportgen tests models benchmarks
 	$(BIN)/mypy
 
 format: $(STAMP) ## Apply ruff formatting and fixes
-	$(BIN)/ruff format reportgen tests models
-	$(BIN)/ruff check --fix reportgen tests models
+	$(BIN)/ruff format reportgen tests models benchmarks
+	$(BIN)/ruff check --fix reportgen tests models benchmarks
 
 bench: $(STAMP) ## Run the benchmarks (not part of the tests): engine, Captum side by side, scaling
 	$(BIN)/python -c "import torch, captum" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'

@@ -69,7 +69,9 @@ def random_variables(seed: int = 0) -> dict:
     model = ResNet18()
     variables = model.init(jax.random.key(seed), jnp.zeros((1, *model.input_shape)))
     rng = np.random.default_rng(seed)
-    stats = jax.tree.map(lambda s: np.asarray(s) + rng.uniform(0.5, 1.5, s.shape).astype(s.dtype), variables["batch_stats"])
+    stats = jax.tree.map(
+        lambda s: np.asarray(s) + rng.uniform(0.5, 1.5, s.shape).astype(s.dtype), variables["batch_stats"]
+    )
     return {"params": variables["params"], "batch_stats": stats}
 
 
@@ -81,7 +83,8 @@ def probe_images(count: int, seed: int = 0) -> np.ndarray:
     for i in range(count):
         freq, phase, angle = rng.uniform(2, 12), rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
         stripes = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (np.cos(angle) * xx + np.sin(angle) * yy) + phase)
-        cy, cx, r = rng.uniform(0.2, 0.8, 2).tolist() + [rng.uniform(0.1, 0.3)]
+        cy, cx = rng.uniform(0.2, 0.8, 2)
+        r = rng.uniform(0.1, 0.3)
         blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))
         colours = rng.uniform(0, 1, (2, 3))
         image = stripes[..., None] * colours[0] * (1 - blob[..., None]) + blob[..., None] * colours[1]

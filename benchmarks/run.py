@@ -55,7 +55,10 @@ def main() -> None:
     engine_forward = jax.jit(jax.vmap(engine.logits, in_axes=(None, 0)))
     t_direct = median_time(lambda: direct_forward(model.variables, images))
     t_engine = median_time(lambda: engine_forward(model.variables, images))
-    print(f"forward, {len(images)} images: direct {t_direct * 1e3:.1f} ms, engine {t_engine * 1e3:.1f} ms, ratio {t_engine / t_direct:.2f}")
+    print(
+        f"forward, {len(images)} images: direct {t_direct * 1e3:.1f} ms,"
+        f" engine {t_engine * 1e3:.1f} ms, ratio {t_engine / t_direct:.2f}"
+    )
 
     def direct_saliency(v: Any, x: jax.Array) -> jax.Array:
         def one(xi: jax.Array) -> jax.Array:
@@ -71,10 +74,15 @@ def main() -> None:
 
     direct_grad = jax.jit(direct_saliency)
     engine_grad = jax.jit(engine_saliency)
-    np.testing.assert_allclose(direct_grad(model.variables, images), engine_grad(model.variables, images), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(
+        direct_grad(model.variables, images), engine_grad(model.variables, images), rtol=1e-3, atol=1e-5
+    )
     t_direct = median_time(lambda: direct_grad(model.variables, images))
     t_engine = median_time(lambda: engine_grad(model.variables, images))
-    print(f"saliency, {len(images)} images: direct {t_direct * 1e3:.1f} ms, engine {t_engine * 1e3:.1f} ms, ratio {t_engine / t_direct:.2f}")
+    print(
+        f"saliency, {len(images)} images: direct {t_direct * 1e3:.1f} ms,"
+        f" engine {t_engine * 1e3:.1f} ms, ratio {t_engine / t_direct:.2f}"
+    )
 
     x = probe.images
     methods: dict[str, Callable[[], Any]] = {

@@ -57,7 +57,9 @@ def resnet_folder(root: Path, images: int) -> Path:
     """A checkpoint and `images` probe images of the benchmark ResNet-18."""
     folder = root / f"resnet-{images}"
     if not folder.exists():
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "resnet.py"), str(folder), "--images", str(images)], check=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "resnet.py"), str(folder), "--images", str(images)], check=True
+        )
     return folder
 
 

@@ -260,7 +260,7 @@ class MethodRunner:
 
 def importance_maps(outputs: MethodOutputs, wanted: Sequence[str] = methods.METHODS) -> np.ndarray:
     """(N, M, H, W) 2-D importance of each wanted method."""
-    maps = [np.asarray(jax.vmap(functools.partial(methods.importance, m))(outputs.raw[m])) for m in wanted]
+    maps = [np.asarray(jax.vmap(functools.partial(methods.importance, m))(jnp.asarray(outputs.raw[m]))) for m in wanted]
     return np.stack(maps, axis=1)
 
 

@@ -269,7 +269,10 @@ COMPILE_SECONDS = {"cpu": 3.0, "gpu": 5.0, "tpu": 10.0}
 """Rough compilation time of one stage's programs (a cold cache), added to its estimate."""
 
 FIGURE_SECONDS = 0.01
-"""Rough seconds to draw and encode one small figure (matplotlib and PNG), for the estimate."""
+"""Rough seconds to draw and encode one image figure (numpy tiles and PNG), for the estimate."""
+
+CHART_SECONDS = 0.5
+"""Rough seconds to draw one matplotlib chart (two per layer: statistics and filter norms)."""
 
 
 @dataclass(frozen=True)
@@ -359,7 +362,8 @@ def stage_plans(
         4 + (work.shown_images if settings.activation_images == 0 else settings.activation_images)
     )
     figures += sum(work.vis_filters.values()) + work.classes + 2 * work.attribution_images
-    stages.append(StagePlan("figures", 0, 0, 0.0, figures * FIGURE_SECONDS, 0))
+    charts = 2 * len(graph.layers) + 3
+    stages.append(StagePlan("figures", 0, 0, 0.0, figures * FIGURE_SECONDS + charts * CHART_SECONDS, 0))
     return stages
 
 

@@ -63,8 +63,20 @@ class PeakMemory:
             self.peak = max(self.peak, self.current())
 
 
+COMPILE_EVENTS = "/jax/core/compile/"
+"""Prefix of JAX's monitoring events that time tracing, lowering and compiling."""
+
+_compiling: list[Progress] = []  # the Progress whose stage is running, if any
+_listening = False
+
+
+def _on_event(event: str, duration_secs: float, **_: str | int) -> None:
+    if event.startswith(COMPILE_EVENTS) and _compiling:
+        _compiling[-1].add_compile_time(duration_secs)
+
+
 class Progress:
-    """Stages of a build: bars or log lines, and the time and peak memory of each stage."""
+    """Stages of a build: bars or log lines, and the time, peak memory and compile time of each."""
 
     def __init__(self, quiet: bool = False, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
@@ -72,10 +84,12 @@ class Progress:
         self.interactive = self.stream.isatty() and not quiet
         self.timings: dict[str, float] = {}
         self.peaks: dict[str, int] = {}
+        self.compile_seconds: dict[str, float] = {}
         self._estimates: dict[str, float] = {}
         self._stage = ""
         self._start = 0.0
         self._memory = PeakMemory()
+        self._lock = threading.Lock()
         self._bars: Bars | None = None
         self._task: int | None = None
 
@@ -85,7 +99,13 @@ class Progress:
 
     def start(self, stage: str, total: int = 0) -> None:
         """Begin a stage of `total` units (0: no bar)."""
+        global _listening
+        if not _listening:
+            jax.monitoring.register_event_duration_secs_listener(_on_event)
+            _listening = True
         self._stage, self._start = stage, time.perf_counter()
+        self.compile_seconds[stage] = 0.0
+        _compiling[:] = [self]
         self._memory.start()
         if self.interactive:
             self._bars = Bars(
@@ -111,6 +131,7 @@ class Progress:
         elapsed = time.perf_counter() - self._start
         self.timings[self._stage] = elapsed
         self.peaks[self._stage] = self._memory.stop()
+        _compiling.clear()
         if self._bars is not None:
             self._bars.stop()
             self._bars = None
@@ -122,6 +143,11 @@ class Progress:
             line += f"   about {_duration(rest)} left"
         self.stream.write(line + "\n")
         self.stream.flush()
+
+    def add_compile_time(self, seconds: float) -> None:
+        """Count time JAX spent tracing and compiling during the current stage."""
+        with self._lock:
+            self.compile_seconds[self._stage] = self.compile_seconds.get(self._stage, 0.0) + seconds
 
     def remaining(self) -> float | None:
         """Estimated seconds of the stages not yet run, corrected by how the finished ones compared

@@ -340,6 +340,7 @@ def plan_json(build_plan: plan.Plan, progress: Progress, reproducible: bool) -> 
             row["measured_seconds"] = rounded(measured.measured_seconds)
             row["measured_peak_bytes"] = measured.measured_peak_bytes
             row["gflops_per_second"] = rounded(measured.gflops_per_second)
+            row["compile_seconds"] = rounded(progress.compile_seconds.get(stage.name, 0.0))
         stages.append(row)
     return {
         "recorded": True,

@@ -37,6 +37,7 @@ from reportgen.views import (
     Guess,
     LayerView,
     MethodScore,
+    PlanRow,
     PredictionView,
     ReportView,
 )
@@ -404,6 +405,25 @@ def attribution_view(
     return AttributionView(titles, tuple(rows), scores, curves, sanity_figure, notes)
 
 
+def plan_row(stage: Mapping[str, Any]) -> PlanRow:
+    """A recorded stage of the plan (report.json provenance.plan.stages) as table cells."""
+    batching = f"{stage['chunk']} at once" if stage["chunk"] else "—"
+    if stage["inner_batch"]:
+        batching += f" × {stage['inner_batch']} inner"
+    measured = stage.get("measured_seconds")
+    compiling = stage.get("compile_seconds")
+    peak = stage.get("measured_peak_bytes")
+    rate = stage.get("gflops_per_second")
+    return PlanRow(
+        stage["name"],
+        batching,
+        f"{stage['estimated_seconds']:.1f} s",
+        "—" if measured is None else f"{measured:.1f} s" + (f" ({compiling:.1f} s compiling)" if compiling else ""),
+        "—" if peak is None else f"{peak / 1e9:.2f} GB",
+        "—" if not rate else f"{rate:.1f}",
+    )
+
+
 def report_view(
     settings: Settings,
     model: LoadedModel,
@@ -456,6 +476,7 @@ def report_view(
         Fact("date", prov["date"]),
     )
     timings = tuple(Fact(k, f"{v:.2f} s") for k, v in data["timings"].items())
+    plan = prov["plan"]
     return ReportView(
         title=f"reportgen: {model.class_name}",
         csp=CSP_EXTERNAL if settings.external_figures else CSP,
@@ -472,5 +493,7 @@ def report_view(
         classes_note=classes.note,
         provenance=provenance,
         timings=timings,
+        plan=tuple(plan_row(stage) for stage in plan.get("stages", ())),
+        sampled=tuple(plan["sampled"]),
         settings_json=json.dumps(prov["settings"], indent=2, sort_keys=True),
     )

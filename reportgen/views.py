@@ -143,6 +143,18 @@ class AttributionView:
 
 
 @dataclass(frozen=True)
+class PlanRow:
+    """One stage of the build plan as the Provenance table shows it."""
+
+    stage: str
+    batching: str
+    estimated: str
+    measured: str
+    peak_memory: str
+    throughput: str
+
+
+@dataclass(frozen=True)
 class ReportView:
     """Everything the report template shows."""
 
@@ -161,4 +173,6 @@ class ReportView:
     classes_note: str
     provenance: tuple[Fact, ...]
     timings: tuple[Fact, ...]
+    plan: tuple[PlanRow, ...]
+    sampled: tuple[str, ...]
     settings_json: str

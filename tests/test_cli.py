@@ -98,3 +98,17 @@ def test_templates_ship_in_the_wheel(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("reportgen-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "reportgen/templates/report.html.j2" in names and "reportgen/templates/report.css" in names
+
+
+def test_a_model_too_big_for_the_memory_budget_is_one_line_with_status_2(
+    tmp_path: Path, linen_checkpoint: Path, tiny_probe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "tight.toml"
+    config.write_text("memory_budget = 1e-9\n")
+    args = ["build", "--model", f"{SPEC}:TinyLinen", "--checkpoint", str(linen_checkpoint), "--images", str(tiny_probe)]
+    code = main([*args, "--config", str(config), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "one example needs about" in err and "widest layer" in err and "memory_budget" in err
+    assert not (tmp_path / "r").exists()

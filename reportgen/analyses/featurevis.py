@@ -144,8 +144,8 @@ def layer_objective(engine: Engine, layer: str, kind: str) -> Objective:
         raise ValueError(f"unknown objective {kind!r}; choose one of {OBJECTIVES}")
 
     def objective(variables: Any, x: jax.Array, index: jax.Array, redirect: jax.Array) -> tuple[jax.Array, jax.Array]:
-        out = engine.layer_outputs(variables, x, [layer], relu="redirected", relu_layers=[layer], redirect=redirect)
-        out = out[layer]
+        outs = engine.layer_outputs(variables, x, [layer], relu="redirected", relu_layers=[layer], redirect=redirect)
+        out = outs[layer]
         channel = jnp.take(out, index, axis=-1)
         if kind == "centre" and channel.ndim == 2:
             return channel[channel.shape[0] // 2, channel.shape[1] // 2], out
