@@ -88,7 +88,11 @@ class MethodRunner:
 
         def shared(variables: Any, image: jax.Array, target: jax.Array) -> dict[str, Any]:
             result = saliency.shared_pass(engine, variables, image, target, tapped)
+            activation, gradient = result.activations[cam_layer], result.gradients[cam_layer]
             return {
+                "upsampled": {
+                    m: cam.upsample(getattr(cam, m)(activation, gradient), image.shape[:2]) for m in methods.LAYER_CAMS
+                },
                 "saliency": result.saliency,
                 "gradient_x_input": result.gradient_x_input,
                 "target": result.target,
@@ -103,11 +107,11 @@ class MethodRunner:
                 },
             }
 
-        def relu_rules(variables: Any, image: jax.Array, target: jax.Array) -> dict[str, jax.Array]:
-            return {
-                "guided_backprop": saliency.guided_backprop(engine, variables, image, target),
-                "deconvnet": saliency.deconvnet(engine, variables, image, target),
-            }
+        def guided(variables: Any, image: jax.Array, target: jax.Array) -> jax.Array:
+            return saliency.guided_backprop(engine, variables, image, target)
+
+        def deconvnet(variables: Any, image: jax.Array, target: jax.Array) -> jax.Array:
+            return saliency.deconvnet(engine, variables, image, target)
 
         def smoothgrad(
             variables: Any, image: jax.Array, target: jax.Array, key: jax.Array, ids: jax.Array, weights: jax.Array
@@ -149,7 +153,8 @@ class MethodRunner:
                 engine, variables, image, target, ranks, removed, start, method, count, deleting
             )
 
-        self._shared, self._relu_rules, self._smoothgrad = shared, relu_rules, smoothgrad
+        self._shared, self._smoothgrad = shared, smoothgrad
+        self._relu_rules = {"guided_backprop": guided, "deconvnet": deconvnet}
         self._starts, self._integrated = starts, integrated
         self._score, self._occluded, self._curve = score, occluded, curve
 
@@ -181,18 +186,17 @@ class MethodRunner:
         targets = np.asarray(shared["target"], np.int32)
         size = images.shape[1:3]
         raw: dict[str, np.ndarray] = {}
-        upsampled = {
-            m: np.asarray(jax.vmap(lambda c: cam.upsample(c, size))(shared["cams"][self.cam_layer][m]))
-            for m in methods.LAYER_CAMS
-        }
+        upsampled = shared["upsampled"]
         for m in ("saliency", "gradient_x_input", *methods.LAYER_CAMS):
             if m in wanted:
                 raw[m] = upsampled[m] if m in upsampled else shared[m]
-        if {"guided_backprop", "deconvnet", "guided_grad_cam"} & set(wanted):
-            rules = map_examples(self._relu_rules, (variables,), images, targets, chunk=max(1, passes.gradient // 2))
-            raw.update({m: rules[m] for m in ("guided_backprop", "deconvnet") if m in wanted})
-            if "guided_grad_cam" in wanted:
-                raw["guided_grad_cam"] = rules["guided_backprop"] * upsampled["grad_cam"][..., None]
+        for m, rule in self._relu_rules.items():
+            if m in wanted or (m == "guided_backprop" and "guided_grad_cam" in wanted):
+                raw[m] = map_examples(rule, (variables,), images, targets, chunk=passes.gradient)
+        if "guided_grad_cam" in wanted:
+            raw["guided_grad_cam"] = raw["guided_backprop"] * upsampled["grad_cam"][..., None]
+            if "guided_backprop" not in wanted:
+                del raw["guided_backprop"]
         if "smoothgrad" in wanted:
             samples = config.smoothgrad_samples
             ids = np.arange(samples, dtype=np.int32)

@@ -475,8 +475,14 @@ def report_view(
         Fact("command", prov["command"] or "(Python API)"),
         Fact("date", prov["date"]),
     )
-    timings = tuple(Fact(k, f"{v:.2f} s") for k, v in data["timings"].items())
     plan = prov["plan"]
+    planned = {stage["name"] for stage in plan.get("stages", ())}
+    timings = tuple(Fact(k, f"{v:.2f} s") for k, v in data["timings"].items() if k not in planned)
+    if plan.get("forward_gflops_per_second"):
+        timings += (
+            Fact("model forward speed, measured before the build", f"{plan['forward_gflops_per_second']:.1f} GFLOP/s"),
+            Fact("memory budget", f"{plan['memory_budget_bytes'] / 1e9:.1f} GB per stream"),
+        )
     return ReportView(
         title=f"reportgen: {model.class_name}",
         csp=CSP_EXTERNAL if settings.external_figures else CSP,
