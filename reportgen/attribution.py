@@ -65,6 +65,12 @@ class MethodOutputs:
     logits: np.ndarray  # (N, K)
 
 
+SHARED_PASS = frozenset(
+    {"saliency", "gradient_x_input", "grad_cam", "grad_cam_pp", "layer_cam", "guided_grad_cam", "score_cam"}
+)
+"""Methods that read the shared forward and backward pass (its input gradient or CAM layer)."""
+
+
 class MethodRunner:
     """Every attribution method of one model and configuration, as per-example functions built
     once (so each compiles once, whatever the variables: the sanity cascade reuses them)."""
@@ -154,6 +160,7 @@ class MethodRunner:
             )
 
         self._shared, self._smoothgrad = shared, smoothgrad
+        self._logits = engine.logits
         self._relu_rules = {"guided_backprop": guided, "deconvnet": deconvnet}
         self._starts, self._integrated = starts, integrated
         self._score, self._occluded, self._curve = score, occluded, curve
@@ -182,14 +189,19 @@ class MethodRunner:
         if unknown:
             raise ValueError(f"unknown attribution method {unknown[0]!r}; choose from {', '.join(methods.METHODS)}")
         config, n = self.config, len(images)
-        shared = map_examples(self._shared, (variables,), images, targets, chunk=passes.gradient)
-        targets = np.asarray(shared["target"], np.int32)
-        size = images.shape[1:3]
         raw: dict[str, np.ndarray] = {}
-        upsampled = shared["upsampled"]
-        for m in ("saliency", "gradient_x_input", *methods.LAYER_CAMS):
-            if m in wanted:
-                raw[m] = upsampled[m] if m in upsampled else shared[m]
+        if self.layer_cams or set(wanted) & SHARED_PASS:
+            shared = map_examples(self._shared, (variables,), images, targets, chunk=passes.gradient)
+            targets, logits = np.asarray(shared["target"], np.int32), shared["logits"]
+            upsampled = shared["upsampled"]
+            for m in ("saliency", "gradient_x_input", *methods.LAYER_CAMS):
+                if m in wanted:
+                    raw[m] = upsampled[m] if m in upsampled else shared[m]
+        else:  # the methods asked for need only the targets: one forward pass gives them
+            shared = {"cams": {}}
+            logits = map_examples(self._logits, (variables,), images, chunk=passes.forward)
+            targets = np.where(targets < 0, logits.argmax(axis=-1), targets).astype(np.int32)
+        size = images.shape[1:3]
         for m, rule in self._relu_rules.items():
             if m in wanted or (m == "guided_backprop" and "guided_grad_cam" in wanted):
                 raw[m] = map_examples(rule, (variables,), images, targets, chunk=passes.gradient)
@@ -238,7 +250,7 @@ class MethodRunner:
             raw["occlusion"] = occlusion.occlusion_map(occluded[:, 0], occluded[:, 1:], self.masks)
         if advance is not None:
             advance(n)
-        return MethodOutputs(raw, shared["cams"], targets, shared["logits"])
+        return MethodOutputs(raw, shared["cams"], targets, logits)
 
     def curves(
         self,
