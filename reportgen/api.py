@@ -22,12 +22,12 @@ from reportgen import plan
 from reportgen.analyses import cam, featurevis
 from reportgen.analyses import methods as method_names
 from reportgen.attribution import MethodRunner, Passes
-from reportgen.compute import example_keys, iterate_examples, map_examples, workers
+from reportgen.compute import example_keys, map_examples, workers
 from reportgen.config import Preprocess
 from reportgen.model.engine import Engine
 from reportgen.model.graph import Layer
 from reportgen.model.load import LoadedModel, load_model
-from reportgen.visualisation import preprocessing
+from reportgen.visualisation import optimise, preprocessing
 
 __all__ = [
     "LoadedModel",
@@ -370,9 +370,7 @@ def _visualise(
     key = ("visualise", target, config, basis.tobytes(), preprocess)
     vis = _cached(model, key, lambda: featurevis.visualise(objective(), config, model.input_shape, basis, pre))
     keys = example_keys(seed, indices)
-    images, _ = iterate_examples(
-        vis.init, vis.step, vis.steps, vis.finish, (model.variables,), indices, keys, chunk=chunk
-    )
+    images, _ = optimise(vis, model.variables, indices, keys, chunk)
     return images[:, 0] if config.images_per_filter == 1 else images
 
 

@@ -4,7 +4,7 @@ conv layer and for every class, and each filter's top activating probe patches."
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +86,21 @@ def preprocessing(pre: Preprocess, channels: int) -> featurevis.Preprocessing:
     return featurevis.Preprocessing(pre.scale, mean, std)
 
 
+def optimise(
+    vis: featurevis.Visualiser,
+    variables: Any,
+    indices: np.ndarray,
+    keys: np.ndarray,
+    chunk: int,
+    advance: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, B, H, W, C) and final objective values (N, B) of the filters (or classes) at
+    `indices`, `chunk` of them optimised at once."""
+    return iterate_examples(
+        vis.init, vis.step, vis.steps, vis.finish, (variables,), indices, keys, chunk=chunk, progress=advance
+    )
+
+
 def chosen_filters(stats: LayerStatistics, count: int) -> tuple[np.ndarray, str]:
     """All filters, or the `count` with the highest mean activation over the probe set."""
     channels = len(stats.mean)
@@ -120,17 +135,8 @@ def run(
         progress.start(f"visualise {layer.name}", len(filters))
         objective = featurevis.layer_objective(engine, layer.name, config.objective)
         vis = featurevis.visualise(objective, config, shape, basis, pre)
-        images, values = iterate_examples(
-            vis.init,
-            vis.step,
-            vis.steps,
-            vis.finish,
-            (model.variables,),
-            filters,
-            example_keys(settings.seed, filters, stream),
-            chunk=chunks.get(layer.name, 1),
-            progress=progress.advance,
-        )
+        keys = example_keys(settings.seed, filters, stream)
+        images, values = optimise(vis, model.variables, filters, keys, chunks.get(layer.name, 1), progress.advance)
         progress.finish()
         layer_stat = stats[layer.name]
         probe_best = _probe_objective(layer_stat, config.objective)[filters]
@@ -159,17 +165,8 @@ def run(
         scale=(0.92, 1.08),
     )
     vis = featurevis.visualise(featurevis.logit_objective(engine), class_config, shape, basis, pre)
-    images, values = iterate_examples(
-        vis.init,
-        vis.step,
-        vis.steps,
-        vis.finish,
-        (model.variables,),
-        classes,
-        example_keys(settings.seed, classes),
-        chunk=chunks.get(CLASSES, 1),
-        progress=progress.advance,
-    )
+    keys = example_keys(settings.seed, classes)
+    images, values = optimise(vis, model.variables, classes, keys, chunks.get(CLASSES, 1), progress.advance)
     progress.finish()
     return results, ClassVisualisation(classes, images, values[:, 0])
 
