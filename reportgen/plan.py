@@ -185,8 +185,8 @@ def budget(cost: ModelCost, memory_gb: float, platform: str, free_bytes: int, wo
     one = int(GRADIENT_MEMORY * cost.activation_bytes)
     if one > memory:
         raise UserError(
-            f"one example needs about {one / GIB:.2f} GiB for a gradient pass (widest layer {cost.widest_layer}),"
-            f" more than the {memory / GIB:.2f} GiB memory budget of each of {workers} streams;"
+            f"one example needs about {size_text(one)} for a gradient pass (widest layer {cost.widest_layer}),"
+            f" more than the {size_text(memory)} memory budget of each of {workers} streams;"
             " raise memory_budget or use a smaller input_shape"
         )
     by_work = saturation(platform, "forward") // cost.forward_flops
@@ -200,6 +200,14 @@ def spread(chunk: int, items: int, workers: int, devices: int = 1) -> int:
     multiple of the device count."""
     chunk = max(1, min(chunk, -(-items // max(1, workers))))
     return -(-chunk // devices) * devices
+
+
+def size_text(nbytes: float) -> str:
+    """Bytes as a short human-readable size (KiB, MiB or GiB)."""
+    for unit, scale in (("GiB", GIB), ("MiB", 1024**2)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2f} {unit}"
+    return f"{nbytes / 1024:.1f} KiB"
 
 
 def split(passes: int, outer: int, inner: int, devices: int = 1) -> tuple[int, int]:
