@@ -94,23 +94,18 @@ class MethodRunner:
 
         def shared(variables: Any, image: jax.Array, target: jax.Array) -> dict[str, Any]:
             result = saliency.shared_pass(engine, variables, image, target, tapped)
-            activation, gradient = result.activations[cam_layer], result.gradients[cam_layer]
+            cams = {
+                name: {m: getattr(cam, m)(result.activations[name], result.gradients[name]) for m in methods.LAYER_CAMS}
+                for name in tapped
+            }
             return {
-                "upsampled": {
-                    m: cam.upsample(getattr(cam, m)(activation, gradient), image.shape[:2]) for m in methods.LAYER_CAMS
-                },
+                "upsampled": {m: cam.upsample(cams[cam_layer][m], image.shape[:2]) for m in methods.LAYER_CAMS},
                 "saliency": result.saliency,
                 "gradient_x_input": result.gradient_x_input,
                 "target": result.target,
                 "logits": result.logits,
-                "probability": jax.nn.softmax(result.logits)[result.target],
                 "cam_activation": result.activations[cam_layer],
-                "cams": {
-                    name: {
-                        m: getattr(cam, m)(result.activations[name], result.gradients[name]) for m in methods.LAYER_CAMS
-                    }
-                    for name in tapped
-                },
+                "cams": cams,
             }
 
         def guided(variables: Any, image: jax.Array, target: jax.Array) -> jax.Array:

@@ -160,21 +160,20 @@ class Budget:
     gradient: int  # forward + gradient passes held at once
     workers: int = 1  # concurrent streams, each with this budget
 
-    def forward_at(self, cost: ModelCost, layer: str | None = None) -> int:
-        """Forward passes at once when evaluation stops at `layer`."""
-        return self._passes(cost, layer, FORWARD_MEMORY, 1)
-
-    def gradient_at(self, cost: ModelCost, layer: str | None = None) -> int:
+    def gradient_at(self, cost: ModelCost, layer: str) -> int:
         """Forward + gradient passes at once when evaluation stops at `layer`."""
-        return self._passes(cost, layer, GRADIENT_MEMORY, 2)
+        return passes_at(self.memory_bytes, cost, "gradient", jax.devices()[0].platform, layer)
 
-    def _passes(self, cost: ModelCost, layer: str | None, memory: float, work: int) -> int:
-        nbytes = cost.layer_bytes[layer] if layer else cost.activation_bytes
-        flops = cost.layer_flops[layer] if layer else cost.forward_flops
-        by_memory = self.memory_bytes // max(int(memory * nbytes), 1)
-        kind = "forward" if work == 1 else "gradient"
-        by_work = saturation(jax.devices()[0].platform, kind) // max(work * flops, 1)
-        return int(max(1, min(by_memory, by_work)))
+
+def passes_at(memory_bytes: int, cost: ModelCost, kind: str, platform: str, layer: str | None = None) -> int:
+    """Passes of `kind` ("forward" or "gradient") held at once within `memory_bytes`, when
+    evaluation stops at `layer` (None: the whole model), and no more than saturate the platform."""
+    nbytes = cost.layer_bytes[layer] if layer else cost.activation_bytes
+    flops = cost.layer_flops[layer] if layer else cost.forward_flops
+    memory, work = (FORWARD_MEMORY, 1) if kind == "forward" else (GRADIENT_MEMORY, 2)
+    by_memory = memory_bytes // max(int(memory * nbytes), 1)
+    by_work = saturation(platform, kind) // max(work * flops, 1)
+    return int(max(1, min(by_memory, by_work)))
 
 
 def budget(cost: ModelCost, memory_gb: float, platform: str, free_bytes: int, workers: int = 1) -> Budget:
@@ -189,10 +188,9 @@ def budget(cost: ModelCost, memory_gb: float, platform: str, free_bytes: int, wo
             f" more than the {size_text(memory)} memory budget of each of {workers} streams;"
             " raise memory_budget or use a smaller input_shape"
         )
-    by_work = saturation(platform, "forward") // cost.forward_flops
-    forward = max(1, min(memory // int(FORWARD_MEMORY * cost.activation_bytes), int(by_work)))
-    gradient = max(1, min(memory // one, int(saturation(platform, "gradient") // (2 * cost.forward_flops))))
-    return Budget(memory, int(forward), int(gradient), max(1, workers))
+    forward = passes_at(memory, cost, "forward", platform)
+    gradient = passes_at(memory, cost, "gradient", platform)
+    return Budget(memory, forward, gradient, max(1, workers))
 
 
 def spread(chunk: int, items: int, workers: int, devices: int = 1) -> int:
@@ -225,7 +223,7 @@ def split(passes: int, outer: int, inner: int, devices: int = 1) -> tuple[int, i
 
 @dataclass(frozen=True)
 class StagePlan:
-    """One stage: its batching, its estimated cost and, once run, what it measured."""
+    """One stage: its batching and its estimated cost."""
 
     name: str
     chunk: int  # outer items at once (examples, filters or classes)
@@ -233,19 +231,6 @@ class StagePlan:
     flops: float  # estimated FLOPs of the stage
     estimated_seconds: float
     estimated_bytes: int
-    measured_seconds: float | None = None
-    measured_peak_bytes: int | None = None
-
-    def measured(self, seconds: float, peak_bytes: int | None) -> StagePlan:
-        """This stage with its measurements."""
-        return dataclasses.replace(self, measured_seconds=seconds, measured_peak_bytes=peak_bytes)
-
-    @property
-    def gflops_per_second(self) -> float | None:
-        """Effective throughput of the measured run."""
-        if not self.measured_seconds:
-            return None
-        return self.flops / self.measured_seconds / 1e9
 
 
 @dataclass(frozen=True)

@@ -335,11 +335,11 @@ def plan_json(build_plan: plan.Plan, progress: Progress, reproducible: bool) -> 
             "estimated_seconds": rounded(stage.estimated_seconds),
             "estimated_bytes": stage.estimated_bytes,
         }
-        if stage.name in progress.timings:
-            measured = stage.measured(progress.timings[stage.name], progress.peaks.get(stage.name))
-            row["measured_seconds"] = rounded(measured.measured_seconds)
-            row["measured_peak_bytes"] = measured.measured_peak_bytes
-            row["gflops_per_second"] = rounded(measured.gflops_per_second)
+        seconds = progress.timings.get(stage.name)
+        if seconds is not None:
+            row["measured_seconds"] = rounded(seconds)
+            row["measured_peak_bytes"] = progress.peaks.get(stage.name)
+            row["gflops_per_second"] = rounded(stage.flops / seconds / 1e9) if seconds > 0 else None
             row["compile_seconds"] = rounded(progress.compile_seconds.get(stage.name, 0.0))
         stages.append(row)
     return {
