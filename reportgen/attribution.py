@@ -387,37 +387,3 @@ def cascade_correlations(
         if advance is not None:
             advance(1)
     return result
-
-
-def to_json(result: AttributionResult, names: list[str], classes: list[str], threshold: float) -> dict[str, Any]:
-    """The attribution numbers for report.json."""
-    deletion, insertion = result.deletion_auc(), result.insertion_auc()
-    per_method = {}
-    for m, name in enumerate(methods.METHODS):
-        final = float(result.sanity[m, -1])
-        per_method[name] = {
-            "deletion_auc": float(deletion[:, m].mean()),
-            "insertion_auc": float(insertion[:, m].mean()),
-            "deletion_curve": result.deletion[:, m].mean(axis=0).tolist(),
-            "insertion_curve": result.insertion[:, m].mean(axis=0).tolist(),
-            "sanity_spearman": result.sanity[m].tolist(),
-            "sanity_final": final,
-            "flagged": abs(final) > threshold,
-        }
-    images = [
-        {
-            "name": names[int(i)],
-            "target": classes[int(result.targets[k])],
-            "deletion_auc": {name: float(deletion[k, m]) for m, name in enumerate(methods.METHODS)},
-            "insertion_auc": {name: float(insertion[k, m]) for m, name in enumerate(methods.METHODS)},
-        }
-        for k, i in enumerate(result.indices)
-    ]
-    return {
-        "cam_layer": result.cam_layer,
-        "methods": per_method,
-        "images": images,
-        "sanity_stages": list(result.sanity_layers),
-        "sanity_images": result.sanity_images,
-        "sanity_threshold": threshold,
-    }

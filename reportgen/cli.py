@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from reportgen import __version__
+from reportgen import __version__, findings, gates
 from reportgen.config import PROFILES
 from reportgen.errors import UserError
 from reportgen.model.graph import Layer
@@ -48,17 +49,36 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--config", help="TOML settings file")
     build.add_argument("--profile", choices=sorted(PROFILES), help="how much to compute and show (default: standard)")
     build.add_argument("--out", help="output folder (default: reports/latest)")
+    build.add_argument("--release", help="release name recorded in the report (with --archive: its folder name)")
+    build.add_argument("--archive", help="release archive folder: writes ARCHIVE/RELEASE/, diffs and index.html")
     build.add_argument("--seed", type=int, help="seed for every random choice (default: 0)")
-    build.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    build.add_argument("--debug", action="store_true", help="show tracebacks")
+    _common(build)
+    diff = commands.add_parser("diff", help="compare two reports (folders or report.json files)")
+    diff.add_argument("old", help="the earlier report: a report folder or its report.json")
+    diff.add_argument("new", help="the later report: a report folder or its report.json")
+    diff.add_argument("--out", required=True, help="folder for diff.html, diff.json and summary.md")
+    _common(diff)
     return top
+
+
+def _common(command: argparse.ArgumentParser) -> None:
+    rules = ", ".join(gates.METRICS)
+    command.add_argument(
+        "--fail-on",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help=f"exit with status 1 when RULE holds, e.g. accuracy-drop>0.01 or finding:error; metrics: {rules}",
+    )
+    command.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    command.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `reportgen` command; returns the exit status."""
     args = parser().parse_args(argv)
     try:
-        return _build(args)
+        return _build(args) if args.command == "build" else _diff(args)
     except UserError as e:
         if args.debug:
             raise
@@ -88,9 +108,38 @@ def layer_table(layers: Sequence[Layer]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
+def _gate_status(broken: Sequence[str]) -> int:
+    for line in broken:
+        sys.stderr.write(f"reportgen: gate broken: {line}\n")
+    return 1 if broken else 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from reportgen import compare
+
+    rules = gates.parse_all(args.fail_on, diff=True)
+    outcome = compare.write_diff(Path(args.old), Path(args.new), Path(args.out), rules)
+    if not args.quiet:
+        d = outcome.diff
+        print(f"wrote {outcome.out / 'diff.html'}, diff.json and summary.md")
+        print(
+            f"{len(d.prediction_changes)} of {d.common_images} common probe images changed prediction;"
+            f" {sum(len(layer.died) for layer in d.layers)} filters died;"
+            f" {len(d.findings_introduced)} findings introduced, {len(d.findings_resolved)} resolved"
+        )
+    return _gate_status(outcome.broken)
+
+
 def _build(args: argparse.Namespace) -> int:
-    from reportgen import config, report
+    from reportgen import archive, config, report
     from reportgen.progress import Progress
+
+    rules = gates.parse_all(args.fail_on, diff=args.archive is not None)
+    if args.archive is not None:
+        if args.release is None or args.out is not None:
+            raise UserError("--archive needs --release NAME and no --out (the report goes to ARCHIVE/NAME)")
+        archive.check_archive(Path(args.archive))
+        args.out = str(Path(args.archive) / archive.check_release(args.release))
 
     flags = {
         "model": args.model,
@@ -105,13 +154,17 @@ def _build(args: argparse.Namespace) -> int:
     }
     settings = config.resolve(flags, args.config)
     progress = Progress(quiet=args.quiet)
-    result = report.build(settings, report.command_line(), progress)
+    result = report.build(settings, report.command_line(), progress, args.release)
+    broken = gates.broken([r for r in rules if not gates.METRICS[r.metric].needs_diff], result.report)
+    if args.archive is not None:
+        broken += archive.publish(Path(args.archive), args.release, rules)
     if not args.quiet:
         print(layer_table(result.layers))
         for warning in result.warnings:
             sys.stderr.write(f"reportgen: warning: {warning}\n")
-        counts = {s: sum(f.severity == s for f in result.findings) for s in ("error", "warning", "info")}
         print(f"wrote {result.out / 'report.html'} ({result.html_bytes / 1e6:.1f} MB)")
-        print(f"      {result.out / 'report.json'} and {result.figures} figures in {result.out / 'figures'}")
-        print(f"findings: {counts['error']} errors, {counts['warning']} warnings, {counts['info']} notes")
-    return 0
+        print(f"      report.json, summary.md and {result.figures} figures in {result.out / 'figures'}")
+        print(f"findings: {findings.count_text(result.findings)}")
+        if args.archive is not None:
+            print(f"archive: {Path(args.archive) / 'index.html'}")
+    return _gate_status(broken)

@@ -1,62 +1,15 @@
-"""Alerts derived from results: dead or rarely firing filters, NaNs, misclassified images."""
+"""Alerts read from the typed results only: dead or rarely firing filters, NaNs, misclassified
+images, low accuracy, attribution methods that fail the sanity check. The layer sections show the
+same findings, so the Overview and a layer's section can never disagree."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
 
-from reportgen.analyses.activations import LayerStatistics
-from reportgen.analyses.methods import TITLES
-from reportgen.analyses.predictions import Predictions
+from reportgen.results import Attribution, Finding, LayerResult, Predictions, Report
 
 LOW_ACCURACY = 0.9
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One alert with the report section it refers to."""
-
-    severity: str  # "error", "warning" or "info"
-    code: str
-    message: str
-    section: str  # HTML id of the section that shows it
-
-
-def layer_findings(
-    name: str, section: str, stats: LayerStatistics, filters: int, unit: str = "filter"
-) -> list[Finding]:
-    """Dead and rarely firing filters, and non-finite outputs, of one layer."""
-    found = []
-    if stats.nonfinite_images:
-        found.append(
-            Finding(
-                "error",
-                "nonfinite",
-                f"{name}: NaN or infinite outputs on {stats.nonfinite_images} probe images",
-                section,
-            )
-        )
-    if stats.dead:
-        found.append(
-            Finding(
-                "warning",
-                "dead-filters",
-                f"{name}: {len(stats.dead)} of {filters} {unit}s are dead (zero on every probe image): "
-                + _indices(stats.dead),
-                section,
-            )
-        )
-    if stats.rare:
-        found.append(
-            Finding(
-                "info",
-                "rare-filters",
-                f"{name}: {len(stats.rare)} of {filters} {unit}s fire on few probe images: " + _indices(stats.rare),
-                section,
-            )
-        )
-    return found
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
 def _indices(indices: Sequence[int], limit: int = 12) -> str:
@@ -64,58 +17,97 @@ def _indices(indices: Sequence[int], limit: int = 12) -> str:
     return shown + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
 
 
-def prediction_findings(pred: Predictions, names: Sequence[str], classes: Sequence[str]) -> list[Finding]:
-    """Accuracy and misclassified probe images."""
+def layer_findings(layer: LayerResult, previous: LayerResult | None) -> list[Finding]:
+    """Dead and rarely firing filters, and non-finite outputs, of one layer. After pooling, only the
+    dead and rare channels that pooling adds are reported (a pooled dead channel is dead because its
+    input is)."""
+    dead, rare = layer.dead_filters, layer.rare_filters
+    if "pool" in layer.kind and previous is not None and len(previous.statistics.mean) == len(layer.statistics.mean):
+        dead = tuple(c for c in dead if c not in previous.dead_filters)
+        rare = tuple(c for c in rare if c not in previous.rare_filters and c not in previous.dead_filters)
+    name, section, unit, width = layer.name, layer.section, layer.unit, layer.output_shape[-1]
     found = []
-    accuracy = pred.accuracy
-    if accuracy is None:
-        return [
-            Finding("info", "unlabelled", "probe images have no labels: no accuracy or confusion matrix", "predictions")
-        ]
-    wrong = [i for i in range(len(names)) if pred.labels[i] >= 0 and pred.predicted[i] != pred.labels[i]]
-    if accuracy < LOW_ACCURACY:
-        found.append(Finding("error", "low-accuracy", f"probe accuracy is {accuracy:.1%}", "predictions"))
-    for i in wrong:
-        found.append(
-            Finding(
-                "warning",
-                "misclassified",
-                f"{names[i]}: labelled {classes[pred.labels[i]]}, predicted {classes[pred.predicted[i]]}"
-                f" ({pred.top_probs[i, 0]:.1%})",
-                "misclassified",
-            )
-        )
+    if layer.statistics.nonfinite_images:
+        message = f"{name}: NaN or infinite outputs on {layer.statistics.nonfinite_images} probe images"
+        found.append(Finding("error", "nonfinite", name, message, section))
+    if dead:
+        message = f"{name}: {len(dead)} of {width} {unit}s are dead (zero on every probe image): {_indices(dead)}"
+        found.append(Finding("warning", "dead-filters", name, message, section))
+    if rare:
+        message = f"{name}: {len(rare)} of {width} {unit}s fire on few probe images: {_indices(rare)}"
+        found.append(Finding("info", "rare-filters", name, message, section))
     return found
 
 
-def input_findings(notes: Sequence[str], nonfinite_logits: int) -> list[Finding]:
+def prediction_findings(predictions: Predictions) -> list[Finding]:
+    """Low accuracy and each misclassified probe image."""
+    if predictions.accuracy is None:
+        message = "probe images have no labels: no accuracy or confusion matrix"
+        return [Finding("info", "unlabelled", "probe", message, "predictions")]
+    found = []
+    if predictions.accuracy < LOW_ACCURACY:
+        message = f"probe accuracy is {predictions.accuracy:.1%}"
+        found.append(Finding("error", "low-accuracy", "probe", message, "predictions"))
+    for image in predictions.images:
+        if image.correct is False:
+            best = image.top[0]
+            probability = "" if best.probability is None else f" ({best.probability:.1%})"
+            message = f"{image.name}: labelled {image.label}, predicted {best.name}{probability}"
+            found.append(Finding("warning", "misclassified", image.sha256, message, "misclassified"))
+    return found
+
+
+def input_findings(warnings: Sequence[str], nonfinite_logits: int) -> list[Finding]:
     """Problems with the probe folder, and NaN outputs."""
-    found = [Finding("warning", "probe", note, "overview") for note in notes]
+    found = [Finding("warning", "probe", note, note, "overview") for note in warnings]
     if nonfinite_logits:
-        found.append(
-            Finding("error", "nonfinite", f"NaN or infinite logits on {nonfinite_logits} probe images", "predictions")
-        )
+        message = f"NaN or infinite logits on {nonfinite_logits} probe images"
+        found.append(Finding("error", "nonfinite", "logits", message, "predictions"))
     return found
 
 
-def attribution_findings(summary: Mapping[str, Any]) -> list[Finding]:
+def attribution_findings(summary: Attribution) -> list[Finding]:
     """A warning for each method whose maps survive randomising every layer."""
     return [
         Finding(
             "warning",
             "sanity-check",
-            f"{TITLES[name]} maps barely change when every layer's weights are randomised"
-            f" (Spearman {scores['sanity_final']:.2f}): they do not show what this model learned",
+            method.name,
+            f"{method.title} maps barely change when every layer's weights are randomised"
+            f" (Spearman {method.sanity_final:.2f}): they do not show what this model learned",
             "attribution",
         )
-        for name, scores in summary["methods"].items()
-        if scores["flagged"]
+        for method in summary.methods
+        if method.flagged
     ]
-
-
-SEVERITY_ORDER: Mapping[str, int] = {"error": 0, "warning": 1, "info": 2}
 
 
 def ordered(findings: Sequence[Finding]) -> list[Finding]:
     """Most severe first, otherwise in the order they were found."""
     return sorted(findings, key=lambda f: SEVERITY_ORDER[f.severity])
+
+
+def of(report: Report) -> tuple[Finding, ...]:
+    """Every finding of a report, most severe first."""
+    found = input_findings(report.provenance.probe_warnings, report.predictions.nonfinite_logits)
+    found += prediction_findings(report.predictions)
+    previous = None
+    for layer in report.layers:
+        found += layer_findings(layer, previous)
+        previous = layer
+    found += attribution_findings(report.attribution)
+    return tuple(ordered(found))
+
+
+def counts(findings: Sequence[Finding]) -> dict[str, int]:
+    """Number of findings per severity."""
+    return {severity: sum(f.severity == severity for f in findings) for severity in SEVERITY_ORDER}
+
+
+def count_text(findings: Sequence[Finding]) -> str:
+    """'1 error, 3 warnings, 0 notes'."""
+    n = counts(findings)
+    return ", ".join(
+        f"{n[s]} {word}{'' if n[s] == 1 else 's'}"
+        for s, word in (("error", "error"), ("warning", "warning"), ("info", "note"))
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jinja2
 
-from reportgen.views import ReportView
+from reportgen.views import DiffView, ReportView
 
 
 def templates_dir() -> Path:
@@ -32,3 +32,8 @@ def environment() -> jinja2.Environment:
 def render(view: ReportView) -> str:
     """The report HTML for a view model."""
     return environment().get_template("report.html.j2").render(report=view)
+
+
+def render_diff(view: DiffView) -> str:
+    """The comparison page HTML for a view model."""
+    return environment().get_template("diff.html.j2").render(diff=view)

@@ -8,23 +8,24 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import numpy as np
 
-from reportgen import attribution, figures, visualisation
+from reportgen import attribution, figures, results, visualisation
 from reportgen.analyses import methods, patches, predictions
 from reportgen.analyses.activations import LayerStatistics
+from reportgen.collect import slug
 from reportgen.config import Settings
 from reportgen.data import ProbeSet
-from reportgen.findings import Finding
-from reportgen.model.graph import Layer
+from reportgen.model.graph import Layer, ReceptiveField
 from reportgen.model.load import LoadedModel, leaf_paths
 from reportgen.views import (
+    CSP,
+    CSP_EXTERNAL,
     ArchitectureRow,
     AttributionRow,
     AttributionView,
@@ -42,17 +43,10 @@ from reportgen.views import (
     ReportView,
 )
 
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
-
-CSP_EXTERNAL = (
-    "default-src 'none'; img-src data: 'self'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
-)
-
-
-def slug(text: str) -> str:
-    """A lowercase id fragment."""
-    return re.sub(r"[^0-9a-z]+", "-", text.lower()).strip("-") or "layer"
+def number(value: float | None, spec: str) -> str:
+    """A recorded number formatted by `spec`, or '—' where it was not finite."""
+    return "—" if value is None else format(value, spec)
 
 
 def human(n: float) -> str:
@@ -63,24 +57,13 @@ def human(n: float) -> str:
     return f"{n:g}"
 
 
-def layer_id(index: int, layer: Layer) -> str:
-    """Section id of a layer."""
-    return f"layer-{index + 1}-{slug(layer.name)}"
-
-
-def receptive_text(layer: Layer) -> str:
+def receptive_text(rf: results.ReceptiveField | ReceptiveField | None) -> str:
     """'5×5 px, stride 1' or 'whole input'."""
-    rf = layer.receptive_field
     if rf is None:
         return "whole input"
     size = f"{rf.size[0]}×{rf.size[1]}"
     stride = f"{rf.stride[0]}" if rf.stride[0] == rf.stride[1] else f"{rf.stride[0]}×{rf.stride[1]}"
     return f"{size} px, stride {stride}"
-
-
-def unit_name(layer: Layer) -> str:
-    """What one output channel of a layer is called: a filter, or a unit of a dense layer."""
-    return "filter" if layer.is_spatial else "unit"
 
 
 @dataclass(frozen=True)
@@ -132,6 +115,7 @@ def kernel_of(model: LoadedModel, layer: Layer) -> np.ndarray | None:
 def layer_view(
     index: int,
     layer: Layer,
+    recorded: results.LayerResult,
     stats: LayerStatistics,
     model: LoadedModel,
     maps: Mapping[str, np.ndarray],
@@ -141,18 +125,20 @@ def layer_view(
     attributed: attribution.AttributionResult,
     vis: visualisation.FilterVisualisation | None,
     probe: ProbeSet,
+    found: tuple[results.Finding, ...],
 ) -> LayerView:
-    """The section of one layer: facts, filters, activation maps, Grad-CAM, feature visualisation."""
-    section = layer_id(index, layer)
+    """The section of one layer: facts, filters, activation maps, Grad-CAM, feature visualisation,
+    and the findings about it."""
+    section = recorded.section
     prefix = f"{index + 1:02d}-{slug(layer.name)}"
     channels = layer.output_shape[-1]
-    unit = unit_name(layer)
+    unit = recorded.unit
     facts = [
         Fact("Kind", layer.kind + (f" + {layer.activation}" if layer.activation else "")),
         Fact("Output shape", " × ".join(map(str, layer.output_shape))),
         Fact("Parameters", f"{layer.params:,}"),
         Fact("FLOPs per image", human(layer.flops)),
-        Fact("Receptive field", receptive_text(layer)),
+        Fact("Receptive field", receptive_text(layer.receptive_field)),
         Fact(
             f"Dead {unit}s",
             f"{len(stats.dead)} of {channels}" if stats.nonnegative else "n/a (outputs can be negative)",
@@ -220,14 +206,7 @@ def layer_view(
             "",
         )
     )
-    alerts = []
-    if stats.dead:
-        alerts.append(f"Dead {unit}s (zero on every probe image): {', '.join(map(str, stats.dead))}")
-    if stats.rare:
-        rare = ", ".join(map(str, stats.rare))
-        alerts.append(f"Rarely firing {unit}s (on fewer than {settings.rare_fraction:.0%} of probe images): {rare}")
-    if stats.nonfinite_images:
-        alerts.append(f"NaN or infinite outputs on {stats.nonfinite_images} probe images")
+    alerts = [f.message.removeprefix(f"{layer.name}: ") for f in found if f.section == section]
     rows = tuple(
         FilterRow(
             str(c),
@@ -344,7 +323,7 @@ def class_cards(
 
 def attribution_view(
     result: attribution.AttributionResult,
-    summary: Mapping[str, Any],
+    summary: results.Attribution,
     probe: ProbeSet,
     classes: list[str],
     settings: Settings,
@@ -367,20 +346,20 @@ def attribution_view(
         rows.append(AttributionRow(picture, probe.names[i], classes[int(result.targets[k])], tiles))
     scores = tuple(
         MethodScore(
-            methods.TITLES[m],
-            f"{summary['methods'][m]['deletion_auc']:.3f}",
-            f"{summary['methods'][m]['insertion_auc']:.3f}",
-            f"{summary['methods'][m]['sanity_final']:.2f}",
-            "survives randomisation" if summary["methods"][m]["flagged"] else "",
+            m.title,
+            number(m.deletion_auc, ".3f"),
+            number(m.insertion_auc, ".3f"),
+            number(m.sanity_final, ".2f"),
+            "survives randomisation" if m.flagged else "",
         )
-        for m in methods.METHODS
+        for m in summary.methods
     )
     curves = store.add(
         "attribution-faithfulness.png",
         figures.faithfulness_chart(
             titles,
-            np.stack([summary["methods"][m]["deletion_curve"] for m in methods.METHODS]),
-            np.stack([summary["methods"][m]["insertion_curve"] for m in methods.METHODS]),
+            np.array([m.deletion_curve for m in summary.methods], np.float64),
+            np.array([m.insertion_curve for m in summary.methods], np.float64),
         ),
         "deletion and insertion curves",
         "Mean class probability as the most important pixels are removed (left, turned black) or revealed"
@@ -405,89 +384,94 @@ def attribution_view(
     return AttributionView(titles, tuple(rows), scores, curves, sanity_figure, notes)
 
 
-def plan_row(stage: Mapping[str, Any]) -> PlanRow:
-    """A recorded stage of the plan (report.json provenance.plan.stages) as table cells."""
-    batching = f"{stage['chunk']} at once" if stage["chunk"] else "—"
-    if stage["inner_batch"]:
-        batching += f" × {stage['inner_batch']} inner"
-    measured = stage.get("measured_seconds")
-    compiling = stage.get("compile_seconds")
-    peak = stage.get("measured_peak_bytes")
-    rate = stage.get("gflops_per_second")
+def plan_row(stage: results.PlanStage) -> PlanRow:
+    """A recorded stage of the plan as table cells."""
+    batching = f"{stage.chunk} at once" if stage.chunk else "—"
+    if stage.inner_batch:
+        batching += f" × {stage.inner_batch} inner"
+    measured, compiling, peak, rate = (
+        stage.measured_seconds,
+        stage.compile_seconds,
+        stage.measured_peak_bytes,
+        stage.gflops_per_second,
+    )
     return PlanRow(
-        stage["name"],
+        stage.name,
         batching,
-        f"{stage['estimated_seconds']:.1f} s",
+        number(stage.estimated_seconds, ".1f") + " s",
         "—" if measured is None else f"{measured:.1f} s" + (f" ({compiling:.1f} s compiling)" if compiling else ""),
         "—" if peak is None else f"{peak / 1e9:.2f} GB",
         "—" if not rate else f"{rate:.1f}",
     )
 
 
+def accuracy_text(predictions: results.Predictions) -> str:
+    """'98.4% of 64 labelled images' or 'no labels'."""
+    if predictions.accuracy is None:
+        return "no labels"
+    return f"{predictions.accuracy:.1%} of {predictions.labelled_images} labelled images"
+
+
 def report_view(
     settings: Settings,
-    model: LoadedModel,
-    probe: ProbeSet,
-    pred: predictions.Predictions,
-    found: list[Finding],
+    report: results.Report,
     layer_views: list[LayerView],
     predictions: PredictionsSection,
     attribution: AttributionView,
     classes: ClassSection,
-    data: Mapping[str, Any],
 ) -> ReportView:
     """The whole report's view model."""
+    model, prov = report.model, report.provenance
     ck = model.checkpoint
-    accuracy = (
-        "no labels" if pred.accuracy is None else f"{pred.accuracy:.1%} of {int(pred.labelled.sum())} labelled images"
-    )
-    overview = (
-        Fact("Model", settings.model),
+    accuracy = accuracy_text(report.predictions)
+    overview: tuple[Fact, ...] = (
+        Fact("Model", model.spec),
         Fact("Model class", f"{model.class_name} (Flax {model.api})"),
         Fact("Checkpoint", ck.path + (f" (step {ck.step})" if ck.step is not None else "")),
         Fact("Checkpoint sha256", ck.sha256),
-        Fact("Parameters", f"{model.num_params:,}"),
+        Fact("Parameters", f"{model.params:,}"),
         Fact("Input shape", " × ".join(map(str, model.input_shape))),
-        Fact("Classes", str(model.graph.num_classes)),
-        Fact("Probe images", f"{len(probe.names)} from {settings.images}"),
+        Fact("Classes", str(model.num_classes)),
+        Fact("Probe images", f"{prov.probe_images} from {prov.probe_folder}"),
         Fact("Probe accuracy", accuracy),
-        Fact("Layers", str(len(model.graph.layers))),
+        Fact("Layers", str(len(report.layers))),
     )
+    if prov.release is not None:
+        overview = (Fact("Release", prov.release), *overview)
     architecture = tuple(
         ArchitectureRow(
-            "#" + view.id,
+            "#" + layer.section,
             layer.name,
             layer.kind + (f" + {layer.activation}" if layer.activation else ""),
             " × ".join(map(str, layer.output_shape)),
             f"{layer.params:,}",
             human(layer.flops),
-            receptive_text(layer),
+            receptive_text(layer.receptive_field),
         )
-        for layer, view in zip(model.graph.layers, layer_views, strict=True)
+        for layer in report.layers
     )
-    prov = data["provenance"]
     provenance = (
-        *(Fact(k, v) for k, v in prov["versions"].items()),
-        Fact("python", prov["python"]),
-        Fact("backend", prov["backend"]),
-        Fact("devices", ", ".join(prov["devices"])),
-        Fact("seed", str(prov["seed"])),
-        Fact("command", prov["command"] or "(Python API)"),
-        Fact("date", prov["date"]),
+        *(Fact(k, v) for k, v in prov.versions.items()),
+        Fact("python", prov.python),
+        Fact("backend", prov.backend),
+        Fact("devices", ", ".join(prov.devices)),
+        Fact("seed", str(prov.seed)),
+        Fact("command", prov.command or "(Python API)"),
+        Fact("date", prov.date),
     )
-    plan = prov["plan"]
-    planned = {stage["name"] for stage in plan.get("stages", ())}
-    timings = tuple(Fact(k, f"{v:.2f} s") for k, v in data["timings"].items() if k not in planned)
-    if plan.get("forward_gflops_per_second"):
+    plan = prov.plan
+    planned = {stage.name for stage in plan.stages}
+    timings = tuple(Fact(k, f"{v:.2f} s") for k, v in prov.timings.items() if k not in planned)
+    if plan.forward_gflops_per_second and plan.memory_budget_bytes:
         timings += (
-            Fact("model forward speed, measured before the build", f"{plan['forward_gflops_per_second']:.1f} GFLOP/s"),
-            Fact("memory budget", f"{plan['memory_budget_bytes'] / 1e9:.1f} GB per stream"),
+            Fact("model forward speed, measured before the build", f"{plan.forward_gflops_per_second:.1f} GFLOP/s"),
+            Fact("memory budget", f"{plan.memory_budget_bytes / 1e9:.1f} GB per stream"),
         )
     return ReportView(
-        title=f"reportgen: {model.class_name}",
+        title=f"reportgen: {model.class_name}" + (f" {prov.release}" if prov.release else ""),
         csp=CSP_EXTERNAL if settings.external_figures else CSP,
         overview=overview,
-        findings=tuple(FindingView(f.severity, f.message, "#" + f.section) for f in found),
+        findings=tuple(FindingView(f.severity, f.message, "#" + f.section) for f in report.findings),
         architecture=architecture,
         accuracy=accuracy,
         predictions=predictions.rows,
@@ -499,7 +483,7 @@ def report_view(
         classes_note=classes.note,
         provenance=provenance,
         timings=timings,
-        plan=tuple(plan_row(stage) for stage in plan.get("stages", ())),
-        sampled=tuple(plan["sampled"]),
-        settings_json=json.dumps(prov["settings"], indent=2, sort_keys=True),
+        plan=tuple(plan_row(stage) for stage in plan.stages),
+        sampled=plan.sampled,
+        settings_json=json.dumps(prov.settings, indent=2, sort_keys=True),
     )

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+
+CSP_EXTERNAL = (
+    "default-src 'none'; img-src data: 'self'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+)
+
 
 @dataclass(frozen=True)
 class Fact:
@@ -176,3 +183,81 @@ class ReportView:
     plan: tuple[PlanRow, ...]
     sampled: tuple[str, ...]
     settings_json: str
+
+
+# ---------------------------------------------------------------------------------------------
+# The comparison of two reports (reportgen diff)
+
+
+@dataclass(frozen=True)
+class Compared:
+    """One quantity in both reports: cells as text, and how the change reads."""
+
+    label: str
+    old: str
+    new: str
+    change: str
+    tone: str  # "better", "worse", "changed" or ""
+
+
+@dataclass(frozen=True)
+class ChangedPrediction:
+    """A probe image whose top-1 class changed, with both thumbnails and both top-5s."""
+
+    name: str
+    label: str
+    old_image: FigureView | None
+    new_image: FigureView | None
+    old_top: tuple[Guess, ...]
+    new_top: tuple[Guess, ...]
+
+
+@dataclass(frozen=True)
+class LayerChangeRow:
+    """One layer present in both reports."""
+
+    name: str
+    dead: Compared
+    died: str
+    revived: str
+    mean_activation: Compared
+    correlation: str
+    firing: Compared
+    vis: Compared
+
+
+@dataclass(frozen=True)
+class MethodChangeRow:
+    """One attribution method in both reports."""
+
+    title: str
+    deletion: Compared
+    insertion: Compared
+    sanity: Compared
+    map_correlation: str
+    verdict: str
+
+
+@dataclass(frozen=True)
+class DiffView:
+    """The whole comparison page's view model."""
+
+    title: str
+    csp: str
+    old_label: str
+    new_label: str
+    sides: tuple[Compared, ...]
+    gates: tuple[Compared, ...]
+    headline: tuple[Compared, ...]
+    common_images: str
+    classes: tuple[Compared, ...]
+    classes_unchanged: int
+    confusion: tuple[Compared, ...]
+    predictions: tuple[ChangedPrediction, ...]
+    layers: tuple[LayerChangeRow, ...]
+    layers_only: tuple[str, ...]
+    methods: tuple[MethodChangeRow, ...]
+    introduced: tuple[FindingView, ...]
+    resolved: tuple[FindingView, ...]
+    provenance: tuple[Compared, ...]
+    provenance_unchanged: int

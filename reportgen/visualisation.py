@@ -177,28 +177,3 @@ def _probe_objective(stat: Mapping[str, np.ndarray], objective: str) -> np.ndarr
         return stat["mean"].max(axis=0)
     # centre unit: only the maximum over all positions is recorded, an upper bound of the centre.
     return stat["max"].max(axis=0)
-
-
-def to_json(results: list[FilterVisualisation], classes: ClassVisualisation, class_names: list[str]) -> dict[str, Any]:
-    """The visualisation numbers for report.json."""
-    layers = {}
-    for r in results:
-        layers[r.layer] = {
-            "selection": r.selection,
-            "filters": r.filters.tolist(),
-            "activation": r.activation.tolist(),
-            "probe_best": r.probe_best.tolist(),
-            "beats_probes": r.beats_probes.tolist(),
-            "beat_fraction": r.beat_fraction,
-            "dead": r.dead.tolist(),
-            "top_patches": {
-                "images": r.top.images.tolist(),
-                "rows": r.top.rows.tolist(),
-                "cols": r.top.cols.tolist(),
-                "values": r.top.values.tolist(),
-            },
-        }
-    return {
-        "layers": layers,
-        "classes": {class_names[int(k)]: float(v) for k, v in zip(classes.classes, classes.logits, strict=True)},
-    }

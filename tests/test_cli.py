@@ -84,7 +84,7 @@ def test_console_script_and_module_entry(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no model given" in result.stderr
 
 
-def test_templates_ship_in_the_wheel(tmp_path: Path) -> None:
+def test_templates_and_schema_ship_in_the_wheel(tmp_path: Path) -> None:
     pytest.importorskip("hatchling")
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
@@ -97,7 +97,9 @@ def test_templates_ship_in_the_wheel(tmp_path: Path) -> None:
 
     (wheel,) = tmp_path.glob("reportgen-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "reportgen/templates/report.html.j2" in names and "reportgen/templates/report.css" in names
+    for name in ("report.html.j2", "diff.html.j2", "archive.html.j2", "report.css"):
+        assert f"reportgen/templates/{name}" in names
+    assert "reportgen/schema/report-v2.json" in names
 
 
 def test_a_model_too_big_for_the_memory_budget_is_one_line_with_status_2(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import re
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pytest
 import tiny_models
 from conftest import SPEC, linen_variables, write_png
 
-from reportgen import config, report
+from reportgen import config, findings, report, results
 from reportgen.data import read_probe
 from reportgen.errors import UserError
 
@@ -84,14 +87,20 @@ def test_a_section_for_every_layer_and_nothing_external(built: Path) -> None:
     assert "default-src 'none'" in parser.csp and "img-src data:;" in parser.csp
 
 
-def test_report_json_schema(built: Path) -> None:
+def test_report_json_validates_against_the_shipped_schema_and_reads_back(built: Path) -> None:
+    import jsonschema
+
     text = (built / "report.json").read_text()
     data = json.loads(text)
-    assert data["schema_version"] == 1
-    for key in ("model", "layers", "predictions", "findings", "provenance", "timings"):
-        assert key in data
+    shipped = json.loads(results.SCHEMA_FILE.read_text())
+    assert shipped == results.schema()  # the shipped file is regenerated whenever the types change
+    jsonschema.validate(data, shipped)
+    broken = json.loads(text)
+    broken["layers"][0]["statistics"]["mean"] = "high"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, shipped)
     assert "NaN" not in text and "Infinity" not in text
-    assert json.dumps(data, indent=1, sort_keys=True) + "\n" == text
+    assert results.dumps(results.load(built)) == text  # to_json(from_json(x)) == x
 
 
 def test_numbers_agree_with_a_direct_computation(built: Path, tiny_probe: Path) -> None:
@@ -103,6 +112,7 @@ def test_numbers_agree_with_a_direct_computation(built: Path, tiny_probe: Path) 
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     for i, entry in enumerate(data["predictions"]["images"]):
+        assert entry["sha256"] == hashlib.sha256(probe.images[i].astype(np.float32).tobytes()).hexdigest()
         assert entry["top"][0]["index"] == int(probs[i].argmax())
         assert entry["top"][0]["probability"] == pytest.approx(probs[i].max(), rel=1e-4)
     accuracy = (probs.argmax(1) == probe.labels).mean()
@@ -227,30 +237,36 @@ def test_size_budget_warns_and_external_figures_link_files(
     assert srcs and all(u.startswith("figures/") and (tmp_path / "b" / u).is_file() for u in srcs)
 
 
-def test_pooling_does_not_repeat_the_dead_filters_of_its_input() -> None:
-    import dataclasses as dc
-
-    from reportgen.analyses.activations import LayerStatistics
-    from reportgen.report import _findings
-
-    def stats(dead: tuple[int, ...]) -> LayerStatistics:
-        return LayerStatistics(np.ones(4), np.ones(4), np.ones(4), True, dead, (), 0)
-
-    from reportgen.model.graph import Layer, ReceptiveField
-
-    rf = ReceptiveField((3, 3), (1, 1), (0.0, 0.0))
-    conv = Layer("conv", "conv", (4, 4, 4), 1, 1, rf, "relu", 0)
-    pool = dc.replace(conv, name="pool", kind="max_pool", activation=None)
-    from reportgen.analyses.predictions import summarize
-    from reportgen.data import ProbeSet
-
-    probe = ProbeSet(np.zeros((1, 4, 4, 3)), ("x.png",), np.array([-1]), ())
-    pred = summarize(np.array([[1.0]]), probe.labels)
-    found = _findings(
-        probe, pred, ["a"], (conv, pool), {"conv": stats((1, 2)), "pool": stats((1, 2, 3))}, 0, {"methods": {}}
-    )
+def test_pooling_does_not_repeat_the_dead_filters_of_its_input(built: Path) -> None:
+    loaded = results.load(built)
+    conv = dataclasses.replace(loaded.layer("conv1"), dead_filters=(1, 2), rare_filters=())
+    pool = dataclasses.replace(conv, name="pool", kind="max_pool", section="layer-pool", dead_filters=(1, 2, 3))
+    found = findings.layer_findings(conv, None) + findings.layer_findings(pool, conv)
     dead = [f.message for f in found if f.code == "dead-filters"]
     assert dead == [
-        "conv: 2 of 4 filters are dead (zero on every probe image): 1, 2",
-        "pool: 1 of 4 filters are dead (zero on every probe image): 3",
+        "conv1: 2 of 8 filters are dead (zero on every probe image): 1, 2",
+        "pool: 1 of 8 filters are dead (zero on every probe image): 3",
     ]
+
+
+def test_layer_sections_show_the_findings_about_them(built: Path) -> None:
+    loaded = results.load(built)
+    html = (built / "report.html").read_text()
+    about_layers = [f for f in loaded.findings if f.section.startswith("layer-")]
+    assert about_layers  # the tiny model has dead filters
+    for finding in about_layers:
+        section = html[html.index(f'id="{finding.section}"') :]
+        section = section[: section.index("</section>")] if "</section>" in section else section
+        assert escape(finding.message.split(": ", 1)[1]) in section
+
+
+def test_summary_markdown_lists_findings_and_layers(built: Path) -> None:
+    text = (built / "summary.md").read_text()
+    loaded = results.load(built)
+    assert "[report.html](report.html)" in text and "data:" not in text
+    assert len(text.encode()) <= 60_000
+    for layer in loaded.layers:
+        assert f"| `{layer.name}` |" in text
+    errors = sum(f.severity == "error" for f in loaded.findings)
+    warnings = sum(f.severity == "warning" for f in loaded.findings)
+    assert f"| Findings | {errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}," in text

@@ -1,0 +1,274 @@
+"""The stages' arrays -> typed results (`reportgen.results`): the one place that decides what a
+report records about each layer, the predictions, the attribution and the build."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+from collections.abc import Mapping
+from importlib import metadata
+
+import jax
+import numpy as np
+
+from reportgen import attribution, plan, results, visualisation
+from reportgen.analyses import methods, predictions
+from reportgen.analyses.activations import LayerStatistics
+from reportgen.config import Settings, as_dict
+from reportgen.data import ProbeSet
+from reportgen.model.graph import Layer
+from reportgen.model.load import LoadedModel
+from reportgen.progress import Progress
+
+VERSIONED_PACKAGES = ("reportgen", "jax", "jaxlib", "flax", "orbax-checkpoint", "numpy", "jinja2", "matplotlib")
+
+
+def slug(text: str) -> str:
+    """A lowercase id fragment."""
+    return re.sub(r"[^0-9a-z]+", "-", text.lower()).strip("-") or "layer"
+
+
+def section_id(index: int, name: str) -> str:
+    """HTML id of the section of the layer at `index`."""
+    return f"layer-{index + 1}-{slug(name)}"
+
+
+def unit_name(layer: Layer) -> str:
+    """What one output channel of a layer is called: a filter, or a unit of a dense layer."""
+    return "filter" if layer.is_spatial else "unit"
+
+
+def _floats(values: np.ndarray) -> tuple[float | None, ...]:
+    return tuple(float(v) if np.isfinite(v) else None for v in np.asarray(values, np.float64).ravel())
+
+
+def _float(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def feature_visualisation(vis: visualisation.FilterVisualisation) -> results.FeatureVisualisation:
+    """A layer's feature visualisation, without its images."""
+    top = vis.top
+    return results.FeatureVisualisation(
+        selection=vis.selection,
+        filters=tuple(int(f) for f in vis.filters),
+        activation=_floats(vis.activation),
+        probe_best=_floats(vis.probe_best),
+        beats_probes=tuple(bool(b) for b in vis.beats_probes),
+        beat_fraction=_float(vis.beat_fraction),
+        dead=tuple(bool(d) for d in vis.dead),
+        top_patches=results.TopPatches(
+            images=tuple(tuple(int(i) for i in row) for row in top.images),
+            rows=tuple(tuple(int(i) for i in row) for row in top.rows),
+            cols=tuple(tuple(int(i) for i in row) for row in top.cols),
+            values=tuple(_floats(row) for row in top.values),
+        ),
+    )
+
+
+def layer_result(
+    index: int, layer: Layer, stats: LayerStatistics, vis: visualisation.FilterVisualisation | None
+) -> results.LayerResult:
+    """One layer's facts, statistics, dead and rare filters and feature visualisation."""
+    rf = layer.receptive_field
+    return results.LayerResult(
+        name=layer.name,
+        section=section_id(index, layer.name),
+        kind=layer.kind,
+        activation=layer.activation,
+        unit=unit_name(layer),
+        output_shape=tuple(layer.output_shape),
+        params=layer.params,
+        flops=layer.flops,
+        receptive_field=None if rf is None else results.ReceptiveField(tuple(rf.size), tuple(rf.stride)),  # type: ignore[arg-type]
+        statistics=results.ChannelStatistics(
+            mean=_floats(stats.mean),
+            max=_floats(stats.max),
+            firing_fraction=_floats(stats.firing),
+            nonnegative=bool(stats.nonnegative),
+            nonfinite_images=int(stats.nonfinite_images),
+        ),
+        dead_filters=tuple(int(c) for c in stats.dead),
+        rare_filters=tuple(int(c) for c in stats.rare),
+        feature_visualisation=None if vis is None else feature_visualisation(vis),
+    )
+
+
+def predictions_result(
+    pred: predictions.Predictions, probe: ProbeSet, classes: list[str], nonfinite_logits: int
+) -> results.Predictions:
+    """Every probe image's content hash, label and top-5, with accuracy and confusion."""
+    images = tuple(
+        results.ImagePrediction(
+            name=probe.names[i],
+            sha256=results.image_hash(probe.images[i]),
+            label=classes[int(probe.labels[i])] if probe.labels[i] >= 0 else None,
+            label_index=int(probe.labels[i]) if probe.labels[i] >= 0 else None,
+            top=tuple(
+                results.ClassScore(classes[int(k)], int(k), _float(float(p)))
+                for k, p in zip(pred.top_classes[i], pred.top_probs[i], strict=True)
+            ),
+            correct=None if probe.labels[i] < 0 else bool(pred.predicted[i] == probe.labels[i]),
+        )
+        for i in range(len(probe.names))
+    )
+    return results.Predictions(
+        accuracy=_float(pred.accuracy),
+        labelled_images=int(pred.labelled.sum()),
+        nonfinite_logits=nonfinite_logits,
+        images=images,
+        confusion=None if pred.confusion is None else tuple(tuple(int(v) for v in row) for row in pred.confusion),
+    )
+
+
+def attribution_result(
+    result: attribution.AttributionResult, probe: ProbeSet, classes: list[str], threshold: float
+) -> results.Attribution:
+    """Per-method scores (mean over the explained images) and each explained image's AUCs and maps."""
+    deletion, insertion = result.deletion_auc(), result.insertion_auc()
+    scores = []
+    for m, name in enumerate(methods.METHODS):
+        final = _float(float(result.sanity[m, -1])) if result.sanity.shape[1] else None
+        scores.append(
+            results.MethodScores(
+                name=name,
+                title=methods.TITLES[name],
+                signed=name in methods.SIGNED,
+                deletion_auc=_float(float(deletion[:, m].mean())),
+                insertion_auc=_float(float(insertion[:, m].mean())),
+                deletion_curve=_floats(result.deletion[:, m].mean(axis=0)),
+                insertion_curve=_floats(result.insertion[:, m].mean(axis=0)),
+                sanity_spearman=_floats(result.sanity[m]),
+                sanity_final=final,
+                flagged=final is not None and abs(final) > threshold,
+            )
+        )
+    images = tuple(
+        results.ExplainedImage(
+            name=probe.names[int(i)],
+            sha256=results.image_hash(probe.images[int(i)]),
+            target=classes[int(result.targets[k])],
+            target_index=int(result.targets[k]),
+            deletion_auc={name: _float(float(deletion[k, m])) for m, name in enumerate(methods.METHODS)},
+            insertion_auc={name: _float(float(insertion[k, m])) for m, name in enumerate(methods.METHODS)},
+            maps={name: results.stored_map(result.maps[name][k]) for name in methods.METHODS},
+        )
+        for k, i in enumerate(result.indices)
+    )
+    return results.Attribution(
+        cam_layer=result.cam_layer,
+        methods=tuple(scores),
+        images=images,
+        sanity_stages=tuple(result.sanity_layers),
+        sanity_images=int(result.sanity_images),
+        sanity_threshold=float(threshold),
+    )
+
+
+def class_images(vis: visualisation.ClassVisualisation, classes: list[str]) -> tuple[results.ClassImage, ...]:
+    """The visualised classes and the logits their images reach."""
+    return tuple(
+        results.ClassImage(classes[int(k)], int(k), _float(float(v)))
+        for k, v in zip(vis.classes, vis.logits, strict=True)
+    )
+
+
+def model_result(settings: Settings, model: LoadedModel, classes: list[str]) -> results.Model:
+    """The model's spec, shapes, parameters and checkpoint."""
+    ck = model.checkpoint
+    return results.Model(
+        spec=settings.model,
+        api=model.api,
+        class_name=model.class_name,
+        input_shape=tuple(model.input_shape),
+        num_classes=model.graph.num_classes,
+        params=model.num_params,
+        checkpoint=results.Checkpoint(ck.path, ck.step, ck.sha256, ck.files, ck.bytes),
+        classes=tuple(classes),
+    )
+
+
+def plan_record(build_plan: plan.Plan, progress: Progress, reproducible: bool) -> results.PlanRecord:
+    """The plan: budgets, batching, estimates and what each stage measured (time, peak memory,
+    effective throughput). A reproducible build records only what was sampled: the rest depends
+    on the machine's free memory and speed."""
+    sampled = tuple(build_plan.sampled)
+    if reproducible:
+        return results.PlanRecord(False, sampled, None, None, None, None, None, None, ())
+    stages = []
+    for stage in build_plan.stages:
+        seconds = progress.timings.get(stage.name)
+        stages.append(
+            results.PlanStage(
+                name=stage.name,
+                chunk=stage.chunk,
+                inner_batch=stage.inner_batch,
+                gflops=stage.flops / 1e9,
+                estimated_seconds=stage.estimated_seconds,
+                estimated_bytes=int(stage.estimated_bytes),
+                measured_seconds=seconds,
+                measured_peak_bytes=progress.peaks.get(stage.name) if seconds is not None else None,
+                gflops_per_second=stage.flops / seconds / 1e9 if seconds else None,
+                compile_seconds=progress.compile_seconds.get(stage.name, 0.0) if seconds is not None else None,
+            )
+        )
+    return results.PlanRecord(
+        recorded=True,
+        sampled=sampled,
+        memory_budget_bytes=int(build_plan.passes.memory_bytes),
+        gradient_passes=build_plan.passes.gradient,
+        forward_passes=build_plan.passes.forward,
+        forward_gflops_per_second=build_plan.throughput / 1e9,
+        time_budget_seconds=_float(build_plan.time_budget),
+        estimated_seconds=build_plan.estimated_seconds,
+        stages=tuple(stages),
+    )
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages that shape the numbers."""
+    out = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def build_date() -> str:
+    """Now, or SOURCE_DATE_EPOCH when set (reproducible builds), as ISO 8601 UTC."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = dt.datetime.fromtimestamp(int(epoch), dt.UTC) if epoch else dt.datetime.now(dt.UTC)
+    return when.replace(microsecond=0).isoformat()
+
+
+def provenance(
+    settings: Settings,
+    command: str,
+    probe: ProbeSet,
+    timings: Mapping[str, float],
+    plan_recorded: results.PlanRecord,
+    release: str | None,
+) -> results.Provenance:
+    """What is needed to rebuild the report, and what the build measured."""
+    reproducible = "SOURCE_DATE_EPOCH" in os.environ
+    return results.Provenance(
+        release=release,
+        versions=versions(),
+        python=platform.python_version(),
+        backend=jax.default_backend(),
+        devices=tuple(str(d) for d in jax.devices()),
+        settings=as_dict(settings),
+        seed=settings.seed,
+        command=command,
+        date=build_date(),
+        probe_folder=str(settings.images),
+        probe_images=len(probe.names),
+        probe_warnings=tuple(probe.warnings),
+        timings_recorded=not reproducible,
+        timings={} if reproducible else {k: round(v, 3) for k, v in timings.items()},
+        plan=plan_recorded,
+    )

@@ -1,0 +1,213 @@
+"""Release audits: `reportgen diff` between two real builds, `--fail-on` gates, the release
+archive, and bad input. Release v2 is v1 with one conv1 filter killed and the Dense bias pushed
+towards class "a", so what must change is known from the weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import tiny_models
+from conftest import SPEC, linen_variables, save
+
+from reportgen import cli, diff, gates, results, serial
+from reportgen.data import read_probe
+from reportgen.diff_sections import compared
+from reportgen.errors import UserError
+
+KILLED = 3
+
+
+def v2_variables() -> dict:
+    """v1 with conv1 filter KILLED dead (zero kernel, negative bias) and class "a" favoured."""
+    variables = jax.tree.map(np.array, linen_variables())
+    variables["params"]["conv1"]["kernel"][..., KILLED] = 0.0
+    variables["params"]["conv1"]["bias"][KILLED] = -1.0
+    variables["params"]["Dense_0"]["bias"][0] += 5.0
+    return variables
+
+
+def build(archive: Path, release: str, checkpoint: Path, probe: Path, classes: Path, *rules: str) -> int:
+    argv = ["build", "--model", f"{SPEC}:TinyLinen", "--checkpoint", str(checkpoint), "--images", str(probe)]
+    argv += ["--classes", str(classes), "--release", release, "--archive", str(archive), "--quiet"]
+    for rule in rules:
+        argv += ["--fail-on", rule]
+    return cli.main(argv)
+
+
+@pytest.fixture(scope="module")
+def archive(
+    tmp_path_factory: pytest.TempPathFactory, linen_checkpoint: Path, tiny_probe: Path, tiny_classes: Path
+) -> Path:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+        folder = tmp_path_factory.mktemp("archive") / "releases"
+        v2 = save(tmp_path_factory.mktemp("v2") / "ckpt", v2_variables())
+        assert build(folder, "v1", linen_checkpoint, tiny_probe, tiny_classes) == 0
+        # A build gate: the tiny model has an error finding (low accuracy), so the build exits 1
+        # but still writes its report.
+        assert build(folder, "v2", v2, tiny_probe, tiny_classes, "finding:error", "prediction-changes>100") == 1
+    return folder
+
+
+def predicted(variables: dict, probe: Path) -> np.ndarray:
+    images = read_probe(probe, (8, 8, 3), ["a", "b", "c"]).images
+    return np.asarray(tiny_models.TinyLinen().apply(variables, images)).argmax(-1)
+
+
+def run_diff(archive: Path, out: Path, *rules: str) -> int:
+    argv = ["diff", str(archive / "v1"), str(archive / "v2" / "report.json"), "--out", str(out), "--quiet"]
+    for rule in rules:
+        argv += ["--fail-on", rule]
+    return cli.main(argv)
+
+
+def test_diff_shows_the_changes_made_to_the_weights(archive: Path, tmp_path: Path, tiny_probe: Path) -> None:
+    assert run_diff(archive, tmp_path / "d") == 0
+    d = serial.from_json(diff.Diff, json.loads((tmp_path / "d" / "diff.json").read_text()))
+    # Predictions: computed here from the two sets of weights, independently of reportgen.
+    before, after = predicted(linen_variables(), tiny_probe), predicted(v2_variables(), tiny_probe)
+    assert len(d.prediction_changes) == int((before != after).sum()) > 0
+    assert d.common_images == len(before)
+    # Filters: exactly the killed one died, in conv1 only.
+    died = {layer.name: layer.died for layer in d.layers if layer.died}
+    assert died == {"conv1": (KILLED,)}
+    assert d.headline_value("dead filters").new == d.headline_value("dead filters").old + 1
+    # Findings: the dead filter is new; misclassifications move with the predictions.
+    introduced = {(f.code, f.subject) for f in d.findings_introduced}
+    assert ("dead-filters", "conv1") in introduced
+    old = results.load(archive / "v1")
+    new = results.load(archive / "v2")
+    wrong_before = {i.sha256 for i in old.predictions.images if i.correct is False}
+    wrong_after = {i.sha256 for i in new.predictions.images if i.correct is False}
+    assert {s for c, s in introduced if c == "misclassified"} == wrong_after - wrong_before
+    assert {f.subject for f in d.findings_resolved if f.code == "misclassified"} == wrong_before - wrong_after
+    # Provenance: the checkpoint hash differs and is highlighted, the settings are the same.
+    rows = {row.key: row for row in d.provenance}
+    assert rows["checkpoint.sha256"].changed and not rows["settings.seed"].changed
+    # Maps on the same images: correlations are real correlations.
+    assert all(-1 <= m.map_correlation <= 1 for m in d.methods if m.map_correlation is not None)
+    assert all(m.compared_images == len(new.attribution.images) for m in d.methods if m.map_correlation is not None)
+
+
+def test_diff_page_is_self_contained_with_both_thumbnails(archive: Path, tmp_path: Path) -> None:
+    assert run_diff(archive, tmp_path / "d") == 0
+    html = (tmp_path / "d" / "diff.html").read_text()
+    changes = json.loads((tmp_path / "d" / "diff.json").read_text())["prediction_changes"]
+    assert html.count('src="data:image/png;base64,') == 2 * len(changes)
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    summary = (tmp_path / "d" / "summary.md").read_text()
+    assert "[diff.html](diff.html)" in summary and len(summary.encode()) <= 60_000
+    assert f"## Predictions that changed ({len(changes)} of 12 common images)" in summary
+
+
+def test_diff_is_byte_identical_and_leaves_its_inputs_alone(archive: Path, tmp_path: Path) -> None:
+    before = {p: p.read_bytes() for p in sorted(archive.rglob("*")) if p.is_file()}
+    assert run_diff(archive, tmp_path / "a") == 0
+    assert run_diff(archive, tmp_path / "b") == 0
+    for name in ("diff.html", "diff.json", "summary.md"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert {p: p.read_bytes() for p in sorted(archive.rglob("*")) if p.is_file()} == before
+
+
+def test_diff_gates_exit_1_with_one_line_per_broken_rule(
+    archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        run_diff(archive, tmp_path / "held", "prediction-changes>100", "new-dead-filters>1", "accuracy-drop>0.5") == 0
+    )
+    capsys.readouterr()
+    status = run_diff(archive, tmp_path / "broken", "prediction-changes>0", "new-dead-filters", "accuracy-drop>0.5")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 1
+    assert [line.split(":")[2].strip() for line in lines] == ["prediction-changes>0", "new-dead-filters"]
+    assert (tmp_path / "broken" / "diff.html").is_file()  # the comparison is written either way
+
+
+def test_archive_index_links_every_release_and_its_diff(archive: Path) -> None:
+    index = (archive / "index.html").read_text()
+    for link in ("v1/report.html", "v2/report.html", "diffs/v1--v2/diff.html"):
+        assert f'href="{link}"' in index and (archive / link).is_file()
+    assert index.index('href="v2/report.html"') < index.index('href="v1/report.html"')  # newest first
+    assert results.load(archive / "v2").provenance.release == "v2"
+    assert json.loads((archive / "releases.json").read_text()) == {"releases": ["v1", "v2"]}
+
+
+def test_report_json_without_a_model_needs_no_jax() -> None:
+    code = "import sys, reportgen.compare, reportgen.archive; print(any(m.startswith('jax') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def _edited(archive: Path, tmp_path: Path, edit: str) -> Path:
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    text = (archive / "v1" / "report.json").read_text()
+    if edit == "truncated":
+        text = text[: len(text) // 2]
+    else:
+        data = json.loads(text)
+        if edit == "schema":
+            data["schema_version"] = 1
+        else:
+            data["layers"][0]["statistics"]["mean"] = "high"
+        text = json.dumps(data)
+    (folder / "report.json").write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("truncated", "is not valid JSON"),
+        ("schema", "has report schema version 1, this reportgen reads version 2"),
+        ("hand-edited", "$.layers[0].statistics.mean: expected a list"),
+        ("no report", "is not a report: no report.json there"),
+        ("out inside input", "a diff never writes into its inputs"),
+        ("unknown rule", "is not a rule"),
+    ],
+)
+def test_bad_diff_input_is_one_line_and_status_2(
+    archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, message: str
+) -> None:
+    old, out, rules = archive / "v1", tmp_path / "out", ["--fail-on", "accuracy-drop>0.01"]
+    if case in ("truncated", "schema", "hand-edited"):
+        old = _edited(archive, tmp_path, case)
+    elif case == "no report":
+        old = tmp_path
+    elif case == "out inside input":
+        out = archive / "v1" / "comparison"
+    else:
+        rules = ["--fail-on", "accuracy-falls-a-lot"]
+    before = sorted(archive.rglob("*"))
+    status = cli.main(["diff", str(old), str(archive / "v2"), "--out", str(out), *rules])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and message in err[0], err
+    assert not out.exists() and sorted(archive.rglob("*")) == before
+
+
+def test_rules_that_compare_two_reports_are_refused_on_a_plain_build() -> None:
+    with pytest.raises(UserError, match="compares two reports"):
+        gates.parse_all(["accuracy-drop>0.01"], diff=False)
+    with pytest.raises(UserError, match="needs a threshold"):
+        gates.parse_all(["accuracy"], diff=False)
+    rule = gates.parse("accuracy<0.9", diff=False)
+    assert (rule.metric, rule.op, rule.threshold) == ("accuracy", "<", 0.9)
+
+
+def test_spearman_with_ties_matches_hand_computed_values() -> None:
+    assert diff.spearman(np.array([1.0, 2.0, 3.0]), np.array([1.0, 3.0, 2.0])) == pytest.approx(0.5)
+    # ranks (0.5, 0.5, 2) against (0, 1, 2): covariance 1.5, norms sqrt(1.5) and sqrt(2).
+    assert diff.spearman(np.array([1.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(1.5 / np.sqrt(3))
+    assert diff.spearman(np.ones(4), np.arange(4.0)) is None
+
+
+def test_a_change_reads_better_or_worse_in_the_right_direction() -> None:
+    dead = compared("dead", 2, 3, "{:,.0f}", "lower")
+    assert (dead.old, dead.new, dead.change, dead.tone) == ("2", "3", "+1", "worse")
+    assert compared("acc", 0.9, 0.95, "{:.1%}", "higher").tone == "better"
+    assert compared("mean", 0.2500001, 0.2500002, "{:.3g}").change == ""  # rounding noise is no change
