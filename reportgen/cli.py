@@ -124,7 +124,7 @@ def _diff(args: argparse.Namespace) -> int:
         print(f"wrote {outcome.out / 'diff.html'}, diff.json and summary.md")
         print(
             f"{len(d.prediction_changes)} of {d.common_images} common probe images changed prediction;"
-            f" {sum(len(layer.died) for layer in d.layers)} filters died;"
+            f" {sum(layer.died_count for layer in d.layers)} filters died;"
             f" {len(d.findings_introduced)} findings introduced, {len(d.findings_resolved)} resolved"
         )
     return _gate_status(outcome.broken)

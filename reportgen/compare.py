@@ -46,15 +46,15 @@ def write_diff(old_path: Path, new_path: Path, out: Path, rules: Sequence[gates.
         folder = _folder(given).resolve()
         if target == folder or folder in target.parents:
             raise UserError(f"--out {out} is inside the report {given}; a diff never writes into its inputs")
-    output.check_out(out, "diff.json", "diff")
+    output.check_out(out, "diff")
     old_label, new_label = labels(old_path, new_path)
     comparison = diff.compare(old, new, old_label, new_label)
-    pairs = [(rule.text, gates.check(rule, new, comparison)) for rule in rules]
+    pairs = [(rule.text, *gates.evaluate(rule, new, comparison)) for rule in rules]
     view = diff_view(comparison, pairs, (_folder(old_path), _folder(new_path)))
     files: dict[str, bytes | str] = {
         "diff.html": render_diff(view),
         "diff.json": dumps(comparison),
         "summary.md": diff_markdown(comparison, pairs),
     }
-    output.write_folder(out, files)
-    return DiffOutcome(out, comparison, tuple(f"{rule}: {why}" for rule, why in pairs if why is not None))
+    output.write_folder(out, "diff", files)
+    return DiffOutcome(out, comparison, tuple(f"{rule}: {why}" for rule, broken, why in pairs if broken))

@@ -14,6 +14,11 @@ from reportgen import findings as findings_module
 from reportgen.results import ClassScore, Finding, ImagePrediction, LayerResult, Report
 
 DIFF_SCHEMA_VERSION = 1
+CORRESPONDENCE = 0.5
+"""Filters are compared index by index only when the per-channel mean activations of the layer
+correlate at least this much between the reports: a fine-tuned release keeps its filters in
+place (correlation near 1), an independently trained one does not (near 0), and then only the
+counts of dead filters can be compared."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,8 @@ class LayerChange:
     name: str
     old_shape: tuple[int, ...]
     new_shape: tuple[int, ...]
+    filters_correspond: bool
+    died_count: int  # filters that died here: by index where filters correspond, else the count's growth
     died: tuple[int, ...]
     revived: tuple[int, ...]
     old_dead: int
@@ -111,6 +118,15 @@ class MethodChange:
 
 
 @dataclass(frozen=True)
+class FindingChange:
+    """A finding about the same thing in both reports whose message changed."""
+
+    severity: str
+    old_message: str
+    new_message: str
+
+
+@dataclass(frozen=True)
 class SettingChange:
     """A provenance or settings entry in both reports (JSON text; null where absent)."""
 
@@ -138,6 +154,7 @@ class Diff:
     methods: tuple[MethodChange, ...]
     findings_introduced: tuple[Finding, ...]
     findings_resolved: tuple[Finding, ...]
+    findings_changed: tuple[FindingChange, ...]
     provenance: tuple[SettingChange, ...]
 
     def headline_value(self, name: str) -> Headline:
@@ -281,31 +298,51 @@ def _prediction_changes(old: Report, new: Report) -> tuple[int, tuple[Prediction
     return sum(sha in before for sha in after), tuple(changes)
 
 
-def _layer(old: LayerResult, new: LayerResult) -> LayerChange:
+def _layer(old: LayerResult, new: LayerResult, before: LayerChange | None) -> LayerChange:
+    """One layer in both reports. After pooling, only the filters that pooling itself kills or
+    revives are listed (a pooled filter dies with its input)."""
     same_width = old.output_shape[-1] == new.output_shape[-1]
-    died = tuple(c for c in new.dead_filters if c not in old.dead_filters) if same_width else ()
-    revived = tuple(c for c in old.dead_filters if c not in new.dead_filters) if same_width else ()
+    profile = (
+        correlation(np.array(old.statistics.mean, np.float64), np.array(new.statistics.mean, np.float64))
+        if same_width
+        else None
+    )
+    correspond = profile is not None and profile >= CORRESPONDENCE
+    died = tuple(c for c in new.dead_filters if c not in old.dead_filters) if correspond else ()
+    revived = tuple(c for c in old.dead_filters if c not in new.dead_filters) if correspond else ()
+    growth = max(0, len(new.dead_filters) - len(old.dead_filters))
+    if "pool" in new.kind and before is not None and before.new_shape[-1] == new.output_shape[-1]:
+        died = tuple(c for c in died if c not in before.died)
+        revived = tuple(c for c in revived if c not in before.revived)
+        growth = max(0, growth - max(0, before.new_dead - before.old_dead))
     old_vis, new_vis = old.feature_visualisation, new.feature_visualisation
     return LayerChange(
         name=new.name,
         old_shape=old.output_shape,
         new_shape=new.output_shape,
+        filters_correspond=correspond,
+        died_count=len(died) if correspond else growth,
         died=died,
         revived=revived,
         old_dead=len(old.dead_filters),
         new_dead=len(new.dead_filters),
         old_mean_activation=_mean(old.statistics.mean),
         new_mean_activation=_mean(new.statistics.mean),
-        channel_mean_correlation=correlation(
-            np.array(old.statistics.mean, np.float64), np.array(new.statistics.mean, np.float64)
-        )
-        if same_width
-        else None,
+        channel_mean_correlation=profile,
         old_firing=_mean(old.statistics.firing_fraction),
         new_firing=_mean(new.statistics.firing_fraction),
         old_vis_beat_fraction=None if old_vis is None else old_vis.beat_fraction,
         new_vis_beat_fraction=None if new_vis is None else new_vis.beat_fraction,
     )
+
+
+def _layers(old: Report, new: Report) -> tuple[LayerChange, ...]:
+    before = {layer.name: layer for layer in old.layers}
+    changes: list[LayerChange] = []
+    for layer in new.layers:
+        if layer.name in before:
+            changes.append(_layer(before[layer.name], layer, changes[-1] if changes else None))
+    return tuple(changes)
 
 
 def _methods(old: Report, new: Report) -> tuple[MethodChange, ...]:
@@ -382,7 +419,7 @@ def compare(old: Report, new: Report, old_label: str = "old", new_label: str = "
     common, changes = _prediction_changes(old, new)
     old_layers = {layer.name: layer for layer in old.layers}
     new_names = {layer.name for layer in new.layers}
-    old_keys = {_finding_key(f) for f in old.findings}
+    old_findings = {_finding_key(f): f for f in old.findings}
     new_keys = {_finding_key(f) for f in new.findings}
     return Diff(
         schema_version=DIFF_SCHEMA_VERSION,
@@ -393,11 +430,16 @@ def compare(old: Report, new: Report, old_label: str = "old", new_label: str = "
         classes=_classes(old, new),
         confusion=_confusion(old, new),
         prediction_changes=changes,
-        layers=tuple(_layer(old_layers[layer.name], layer) for layer in new.layers if layer.name in old_layers),
+        layers=_layers(old, new),
         layers_only_old=tuple(layer.name for layer in old.layers if layer.name not in new_names),
         layers_only_new=tuple(layer.name for layer in new.layers if layer.name not in old_layers),
         methods=_methods(old, new),
-        findings_introduced=tuple(f for f in new.findings if _finding_key(f) not in old_keys),
+        findings_introduced=tuple(f for f in new.findings if _finding_key(f) not in old_findings),
         findings_resolved=tuple(f for f in old.findings if _finding_key(f) not in new_keys),
+        findings_changed=tuple(
+            FindingChange(f.severity, old_findings[_finding_key(f)].message, f.message)
+            for f in new.findings
+            if _finding_key(f) in old_findings and old_findings[_finding_key(f)].message != f.message
+        ),
         provenance=_provenance(old, new),
     )

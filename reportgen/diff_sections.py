@@ -36,7 +36,8 @@ def compared(
     label: str, old: float | None, new: float | None, fmt: str, better: str = "", relative: bool = False
 ) -> Compared:
     """Both values, the signed change (relative to the old value if `relative`) and whether it is
-    better or worse (`better`: 'higher', 'lower', or '' when neither direction is better). Values
+    better or worse (`better`: 'higher', 'lower', 'zero' (closer to 0), or '' when neither
+    direction is better). Values
     that print the same count as unchanged, so rounding noise does not show as a change."""
     before, after = _cell(old, fmt), _cell(new, fmt)
     if before == after:
@@ -46,7 +47,10 @@ def compared(
     delta = new - old
     sign = "+" if delta > 0 else "−"
     change = sign + (f"{abs(delta) / abs(old):.0%}" if relative and old else fmt.format(abs(delta)))
-    tone = "changed" if not better else ("better" if (delta > 0) == (better == "higher") else "worse")
+    if better == "zero":
+        tone = "better" if abs(new) < abs(old) else "worse" if abs(new) > abs(old) else "changed"
+    else:
+        tone = "changed" if not better else ("better" if (delta > 0) == (better == "higher") else "worse")
     return Compared(label, before, after, change, tone)
 
 
@@ -73,9 +77,9 @@ def _findings(found: Sequence[Finding]) -> tuple[FindingView, ...]:
 
 
 def diff_view(
-    diff: Diff, gates: Sequence[tuple[str, str | None]], folders: tuple[Path | None, Path | None]
+    diff: Diff, gates: Sequence[tuple[str, bool, str]], folders: tuple[Path | None, Path | None]
 ) -> DiffView:
-    """The comparison page. `gates` pairs each rule with the line saying why it broke (None: held)."""
+    """The comparison page. `gates` holds each rule, whether it broke, and the value measured."""
     old_folder, new_folder = folders
     sides = (
         Compared("model", diff.old.spec, diff.new.spec, "", "changed" if diff.old.spec != diff.new.spec else ""),
@@ -107,6 +111,7 @@ def diff_view(
     layers = tuple(
         LayerChangeRow(
             layer.name,
+            layer.filters_correspond,
             compared("dead", layer.old_dead, layer.new_dead, INTEGER, "lower"),
             _indices(layer.died),
             _indices(layer.revived),
@@ -125,7 +130,7 @@ def diff_view(
             m.title,
             compared("deletion", m.old_deletion_auc, m.new_deletion_auc, SCORE, "lower"),
             compared("insertion", m.old_insertion_auc, m.new_insertion_auc, SCORE, "higher"),
-            compared("sanity", m.old_sanity, m.new_sanity, "{:.2f}", "lower"),
+            compared("sanity", m.old_sanity, m.new_sanity, "{:.2f}", "zero"),
             _cell(m.map_correlation, "{:.2f}") + (f" ({m.compared_images} images)" if m.compared_images else ""),
             {
                 (False, True): "now fails the sanity check",
@@ -145,7 +150,7 @@ def diff_view(
         old_label=diff.old.label,
         new_label=diff.new.label,
         sides=sides,
-        gates=tuple(Compared(rule, "", "", why or "held", "worse" if why else "better") for rule, why in gates),
+        gates=tuple(Compared(rule, "", "", why, "worse" if broken else "better") for rule, broken, why in gates),
         headline=headline,
         common_images=f"{diff.common_images} probe images are in both reports (matched by content)",
         classes=tuple(changed_classes),
@@ -157,12 +162,13 @@ def diff_view(
         methods=methods,
         introduced=_findings(diff.findings_introduced),
         resolved=_findings(diff.findings_resolved),
+        changed=tuple(Compared(f.severity, f.old_message, f.new_message, "", "") for f in diff.findings_changed),
         provenance=changed_provenance + tuple(p for p in provenance if not p.tone and p.label.startswith("versions.")),
         provenance_unchanged=len(provenance) - len(changed_provenance),
     )
 
 
-def diff_markdown(diff: Diff, gates: Sequence[tuple[str, str | None]], link: str = "diff.html") -> str:
+def diff_markdown(diff: Diff, gates: Sequence[tuple[str, bool, str]], link: str = "diff.html") -> str:
     """summary.md of a comparison: headline side by side, gates, what changed; no images."""
     old, new = escape(diff.old.label), escape(diff.new.label)
     lines = [f"# reportgen diff: {old} → {new}", "", f"Full comparison: [{link}]({link}).", ""]
@@ -177,8 +183,7 @@ def diff_markdown(diff: Diff, gates: Sequence[tuple[str, str | None]], link: str
     if gates:
         lines += ["", "## Gates", ""]
         lines += [
-            f"- {'**broken**' if why else 'held'}: {code(rule)}" + (f" — {escape(why)}" if why else "")
-            for rule, why in gates
+            f"- {'**broken**' if broken else 'held'}: {code(rule)} — {escape(why)}" for rule, broken, why in gates
         ]
     lines += [
         "",
@@ -190,11 +195,19 @@ def diff_markdown(diff: Diff, gates: Sequence[tuple[str, str | None]], link: str
         f" {escape(p.old_top[0].name)} → {escape(p.new_top[0].name)}"
         for p in diff.prediction_changes[:MAX_PREDICTION_CARDS]
     ] or ["- none"]
-    died = [(layer.name, layer.died) for layer in diff.layers if layer.died]
     lines += ["", "## Filters that died", ""]
-    lines += [f"- {code(name)}: {_indices(filters)}" for name, filters in died] or ["- none"]
+    lines += [
+        f"- {code(layer.name)}: {_indices(layer.died)}"
+        if layer.filters_correspond
+        else f"- {code(layer.name)}: {layer.old_dead} → {layer.new_dead} dead (filters do not correspond)"
+        for layer in diff.layers
+        if layer.died_count
+    ] or ["- none"]
     lines += ["", "## Findings introduced", "", *finding_lines(diff.findings_introduced, link)]
     lines += ["", "## Findings resolved", "", *finding_lines(diff.findings_resolved, link)]
+    if diff.findings_changed:
+        lines += ["", "## Findings that changed", ""]
+        lines += [f"- {escape(f.old_message)} → {escape(f.new_message)}" for f in diff.findings_changed[:40]]
     lines += ["", "## Attribution maps between the reports", ""]
     lines += table(
         ("method", "map rank correlation", "sanity (Spearman after randomising all layers)"),

@@ -69,7 +69,7 @@ METRICS: dict[str, Metric] = {
         "filters dead in the new report but not the old",
         True,
         False,
-        lambda r, d: sum(len(layer.died) for layer in d.layers) if d else None,
+        lambda r, d: sum(layer.died_count for layer in d.layers) if d else None,
     ),
     "new-findings": Metric(
         "findings in the new report that the old did not have",
@@ -125,17 +125,17 @@ def parse_all(texts: Sequence[str], diff: bool) -> tuple[Rule, ...]:
     return tuple(parse(text, diff) for text in texts)
 
 
-def check(rule: Rule, report: Report, diff: Diff | None = None) -> str | None:
-    """Why the rule is broken (the measured value), or None when it holds. A rule that cannot be
-    checked (e.g. accuracy without labels) counts as broken."""
+def evaluate(rule: Rule, report: Report, diff: Diff | None = None) -> tuple[bool, str]:
+    """Whether the rule is broken, and the value measured. A rule that cannot be checked (e.g.
+    accuracy without labels) counts as broken."""
     metric = METRICS[rule.metric]
     value = metric.value(report, diff)
     if value is None:
-        return f"cannot be checked ({metric.description} is not available)"
-    return f"{metric.description} is {value:.4g}" if _OPS[rule.op](value, rule.threshold) else None
+        return True, f"cannot be checked ({metric.description} is not available)"
+    return _OPS[rule.op](value, rule.threshold), f"{metric.description} is {value:.4g}"
 
 
 def broken(rules: Sequence[Rule], report: Report, diff: Diff | None = None) -> list[str]:
     """One line per broken rule: the rule and why."""
-    reasons = [(rule, check(rule, report, diff)) for rule in rules]
-    return [f"{rule.text}: {why}" for rule, why in reasons if why is not None]
+    results = [(rule, *evaluate(rule, report, diff)) for rule in rules]
+    return [f"{rule.text}: {why}" for rule, failed, why in results if failed]

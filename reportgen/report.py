@@ -137,7 +137,7 @@ def build(
     """Run every analysis and write the report folder atomically; raises UserError on bad input."""
     progress = progress or Progress(quiet=True)
     out = Path(settings.out)
-    output.check_out(out, "report.json", "report")
+    output.check_out(out, "report")
     enable_compilation_cache()
 
     progress.start("load model")
@@ -244,7 +244,7 @@ def build(
         )
     files: dict[str, bytes | str] = {f"figures/{name}": blob for name, blob in store.files.items()}
     files |= {"report.json": results.dumps(result), "summary.md": summary.report_markdown(result), "report.html": html}
-    output.write_folder(out, files)
+    output.write_folder(out, "report", files)
     progress.finish()
     return BuildResult(out, len(html), len(store.files), layers, result, tuple(warnings))
 

@@ -217,6 +217,7 @@ class LayerChangeRow:
     """One layer present in both reports."""
 
     name: str
+    comparable: bool  # filters correspond one by one
     dead: Compared
     died: str
     revived: str
@@ -259,5 +260,6 @@ class DiffView:
     methods: tuple[MethodChangeRow, ...]
     introduced: tuple[FindingView, ...]
     resolved: tuple[FindingView, ...]
+    changed: tuple[Compared, ...]
     provenance: tuple[Compared, ...]
     provenance_unchanged: int

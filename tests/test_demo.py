@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from reportgen import config, report
+from reportgen import cli
 from reportgen.compute import map_examples
 from reportgen.data import read_classes, read_probe
 from reportgen.model.engine import Engine
@@ -81,12 +82,40 @@ def test_demo_architecture(demo) -> None:
     assert demo.graph.num_classes == 43
 
 
+def _predicted(checkpoint: Path, images: np.ndarray) -> np.ndarray:
+    """Top-1 classes from Flax and orbax directly, independently of reportgen's loader and engine."""
+    import orbax.checkpoint as ocp
+    from model import TrafficSignNet
+
+    params = ocp.StandardCheckpointer().restore(checkpoint.resolve())["params"]
+    return np.asarray(TrafficSignNet().apply({"params": params}, images)).argmax(-1)
+
+
 @pytest.mark.slow
-def test_demo_report_end_to_end(tmp_path: Path) -> None:
-    settings = config.resolve({"model": SPEC, "out": str(tmp_path / "demo"), "profile": "quick"}, cwd=tmp_path)
-    assert settings.images and settings.images.endswith("probe")  # the model folder convention
-    result = report.build(settings)
-    data = json.loads((tmp_path / "demo" / "report.json").read_text())
+def test_two_demo_releases_end_to_end_with_diff_and_gates(tmp_path: Path) -> None:
+    """Release v1 is the committed checkpoint, v2 the same model fine-tuned for 40 steps with
+    another seed; both are built into an archive, then compared and gated."""
+    finetuned = tmp_path / "finetuned" / "checkpoint"
+    train = [sys.executable, str(DEMO / "train.py"), "--init-from", str(DEMO / "checkpoint"), "--steps", "40"]
+    train += ["--train-size", "4096", "--seed", "7", "--out", str(finetuned)]
+    subprocess.run(train, check=True, capture_output=True)
+    archive = tmp_path / "releases"
+    common = ["build", "--model", SPEC, "--profile", "quick", "--archive", str(archive), "--quiet"]
+    assert cli.main([*common, "--release", "v1"]) == 0
+    assert cli.main([*common, "--release", "v2", "--checkpoint", str(finetuned)]) == 0
+
+    data = json.loads((archive / "v1" / "report.json").read_text())
     assert data["predictions"]["accuracy"] >= 0.95
     assert len(data["layers"]) == 11
-    assert result.html_bytes < 25e6
+    assert (archive / "v1" / "report.html").stat().st_size < 25e6
+    assert (archive / "diffs" / "v1--v2" / "diff.html").is_file()
+
+    images = read_probe(DEMO / "probe", (32, 32, 3), read_classes(DEMO / "classes.txt", 43)).images
+    changed = int((_predicted(DEMO / "checkpoint", images) != _predicted(finetuned, images)).sum())
+    diff = ["diff", str(archive / "v1"), str(archive / "v2"), "--quiet"]
+    assert cli.main([*diff, "--out", str(tmp_path / "held"), "--fail-on", f"prediction-changes>{changed}"]) == 0
+    assert cli.main([*diff, "--out", str(tmp_path / "broken"), "--fail-on", f"prediction-changes>{changed - 1}"]) == 1
+    recorded = json.loads((tmp_path / "held" / "diff.json").read_text())
+    assert len(recorded["prediction_changes"]) == changed
+    assert recorded["common_images"] == len(images)
+    assert (recorded["old"]["label"], recorded["new"]["label"]) == ("v1", "v2")

@@ -136,9 +136,10 @@ def test_double_build_is_byte_identical(
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     out = tmp_path / "r"
     build(out, linen_checkpoint, tiny_probe, tiny_classes)
-    first = {p.name: p.read_bytes() for p in (out / "report.html", out / "report.json")}
+    outputs = ("report.html", "report.json", "summary.md")
+    first = {name: (out / name).read_bytes() for name in outputs}
     build(out, linen_checkpoint, tiny_probe, tiny_classes)
-    second = {p.name: p.read_bytes() for p in (out / "report.html", out / "report.json")}
+    second = {name: (out / name).read_bytes() for name in outputs}
     assert first == second
     assert b"2023-11-14T22:13:20+00:00" in first["report.html"]
 
@@ -198,10 +199,19 @@ def test_bad_probe_inputs_give_warnings(tmp_path: Path, linen_checkpoint: Path, 
         ("empty", "has no readable PNG or JPEG images"),
         ("short-classes", "has 2 class names but the model has 3 outputs"),
         ("out-is-foreign", "is not a reportgen report folder"),
+        ("stray-report-json", "is not a reportgen report folder"),
+        ("user-file-in-report", r"holds files reportgen did not write \(notes.txt\)"),
+        ("out-is-cwd", "is the current folder or holds it"),
     ],
 )
 def test_bad_input_errors_destroy_nothing(
-    case: str, message: str, tmp_path: Path, linen_checkpoint: Path, tiny_probe: Path, tiny_classes: Path
+    case: str,
+    message: str,
+    tmp_path: Path,
+    linen_checkpoint: Path,
+    tiny_probe: Path,
+    tiny_classes: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "out"
     images, classes = tiny_probe, tiny_classes
@@ -211,17 +221,40 @@ def test_bad_input_errors_destroy_nothing(
     if case == "short-classes":
         classes = tmp_path / "two.txt"
         classes.write_text("a\nb\n")
-    if case == "out-is-foreign":
+    if case in ("out-is-foreign", "stray-report-json"):
         out.mkdir()
         (out / "thesis.tex").write_text("precious")
+        if case == "stray-report-json":
+            (out / "report.json").write_text("{}")
+    elif case == "out-is-cwd":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        monkeypatch.chdir(out)
     else:
         build(out, linen_checkpoint, tiny_probe, tiny_classes)
+        if case == "user-file-in-report":
+            (out / "notes.txt").write_text("mine")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(UserError, match=message):
         build(out, linen_checkpoint, images, classes)
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert before == after
     assert not list(tmp_path.glob(".out.*"))
+
+
+def test_a_killed_runs_leftovers_are_cleaned_and_a_report_is_replaced(
+    tmp_path: Path, linen_checkpoint: Path, tiny_probe: Path, tiny_classes: Path
+) -> None:
+    out = tmp_path / "out"
+    build(out, linen_checkpoint, tiny_probe, tiny_classes)
+    dead = tmp_path / ".out.tmp-999999999"  # no process has this id
+    (dead / "figures").mkdir(parents=True)
+    mine = tmp_path / ".out.tmp-notes"  # not a leftover: not ours
+    mine.mkdir()
+    build(out, linen_checkpoint, tiny_probe, tiny_classes)  # a report folder is replaced
+    assert not dead.exists() and mine.is_dir()
+    marker = json.loads((out / ".reportgen.json").read_text())
+    assert marker["kind"] == "report" and "report.json" in marker["files"]
 
 
 def test_size_budget_warns_and_external_figures_link_files(

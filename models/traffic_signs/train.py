@@ -2,6 +2,8 @@
 
     python models/traffic_signs/train.py            # ~10 minutes on 2 CPU cores
     python models/traffic_signs/train.py --seed 7 --steps 600 --out /tmp/release-b/checkpoint
+    python models/traffic_signs/train.py --init-from models/traffic_signs/checkpoint --steps 40 \
+        --train-size 4096 --seed 7 --out /tmp/finetuned/checkpoint
 
 Writes `checkpoint/` (orbax, `{"params": ...}`) and `training.json` (seeds, steps, accuracy)
 next to this file, or into the parent of `--out`. Deterministic for the given seeds on a given
@@ -46,14 +48,20 @@ def accuracy(model: TrafficSignNet, params: dict, images: np.ndarray, labels: np
     return hits / len(images)
 
 
-def train(steps: int, batch_size: int, train_size: int, out: Path, init_seed: int = INIT_SEED) -> dict:
-    """Train from scratch, save the checkpoint into `out`, and return the training record."""
+def train(
+    steps: int, batch_size: int, train_size: int, out: Path, init_seed: int = INIT_SEED, init_from: Path | None = None
+) -> dict:
+    """Train from scratch (or fine-tune the checkpoint `init_from`), save the checkpoint into `out`,
+    and return the training record."""
     start = time.perf_counter()
     images, labels = generate(train_size, seed=TRAIN_SEED)
     print(f"generated {train_size} training images in {time.perf_counter() - start:.0f} s", flush=True)
     model = TrafficSignNet()
     params = model.init(jax.random.key(init_seed), jnp.zeros((1, *TrafficSignNet.input_shape)))["params"]
-    schedule = optax.warmup_cosine_decay_schedule(0.0, 2e-3, 100, steps, end_value=2e-5)
+    if init_from is not None:
+        restored = ocp.StandardCheckpointer().restore(init_from.resolve(), {"params": params})
+        params = restored["params"]
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 2e-3, min(100, max(1, steps // 10)), steps, end_value=2e-5)
     tx = optax.adamw(schedule, weight_decay=1e-4)
     opt_state = tx.init(params)
 
@@ -97,6 +105,7 @@ def train(steps: int, batch_size: int, train_size: int, out: Path, init_seed: in
         "heldout_images": len(heldout_labels),
         "heldout_seed": HELDOUT_SEED,
         "init_seed": init_seed,
+        "init_from": None if init_from is None else init_from.name,
         "steps": steps,
         "train_images": train_size,
         "train_seed": TRAIN_SEED,
@@ -111,9 +120,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--train-size", type=int, default=60_000)
     parser.add_argument("--seed", type=int, default=INIT_SEED, help="initialisation and dropout seed")
+    parser.add_argument("--init-from", type=Path, help="fine-tune this checkpoint instead of starting from scratch")
     parser.add_argument("--out", type=Path, default=HERE / "checkpoint")
     args = parser.parse_args()
-    record = train(args.steps, args.batch_size, args.train_size, args.out, args.seed)
+    record = train(args.steps, args.batch_size, args.train_size, args.out, args.seed, args.init_from)
     (args.out.parent / "training.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
