@@ -211,3 +211,15 @@ def test_a_change_reads_better_or_worse_in_the_right_direction() -> None:
     assert (dead.old, dead.new, dead.change, dead.tone) == ("2", "3", "+1", "worse")
     assert compared("acc", 0.9, 0.95, "{:.1%}", "higher").tone == "better"
     assert compared("mean", 0.2500001, 0.2500002, "{:.3g}").change == ""  # rounding noise is no change
+
+
+def test_different_architectures_compare_matching_layers_and_list_the_rest(archive: Path) -> None:
+    import dataclasses
+
+    old = results.load(archive / "v1")
+    renamed = tuple(dataclasses.replace(layer, name="stem") if layer.name == "conv1" else layer for layer in old.layers)
+    d = diff.compare(old, dataclasses.replace(old, layers=renamed))
+    assert (d.layers_only_old, d.layers_only_new) == (("conv1",), ("stem",))
+    assert [layer.name for layer in d.layers] == [layer.name for layer in old.layers if layer.name != "conv1"]
+    assert all(layer.filters_correspond and not layer.died for layer in d.layers)  # same weights
+    assert not d.prediction_changes and not d.findings_introduced
