@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reportgen import plan
-from reportgen.analyses import cam, featurevis
+from reportgen.analyses import cam, catalogue, featurevis
 from reportgen.analyses import methods as method_names
 from reportgen.attribution import MethodRunner, Passes
 from reportgen.compute import example_keys, map_examples, workers
@@ -137,7 +137,7 @@ def attribute(
     images: np.ndarray,
     targets: Any = None,
     *,
-    methods: Sequence[str] = method_names.METHODS,
+    methods: Sequence[str] = catalogue.METHODS,
     cam_layer: str | None = None,
     cam_layers: Sequence[str] = (),
     seed: int = 0,

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reportgen.analyses import cam, faithfulness, methods, occlusion, saliency, sanity
+from reportgen.analyses import cam, catalogue, faithfulness, methods, occlusion, saliency, sanity
 from reportgen.compute import example_keys, map_examples, map_inner
 from reportgen.config import Settings
 from reportgen.model.engine import Engine
@@ -65,10 +65,18 @@ class MethodOutputs:
     logits: np.ndarray  # (N, K)
 
 
-SHARED_PASS = frozenset(
-    {"saliency", "gradient_x_input", "grad_cam", "grad_cam_pp", "layer_cam", "guided_grad_cam", "score_cam"}
-)
-"""Methods that read the shared forward and backward pass (its input gradient or CAM layer)."""
+@dataclass
+class _Job:
+    """One call of `MethodRunner.run`: its inputs, the shared pass, and outputs other methods reuse."""
+
+    variables: Any
+    images: np.ndarray
+    targets: np.ndarray
+    keys: np.ndarray
+    passes: Passes
+    shared: dict[str, Any]
+    starts: np.ndarray | None
+    cache: dict[str, np.ndarray]
 
 
 class MethodRunner:
@@ -95,11 +103,13 @@ class MethodRunner:
         def shared(variables: Any, image: jax.Array, target: jax.Array) -> dict[str, Any]:
             result = saliency.shared_pass(engine, variables, image, target, tapped)
             cams = {
-                name: {m: getattr(cam, m)(result.activations[name], result.gradients[name]) for m in methods.LAYER_CAMS}
+                name: {
+                    m: getattr(cam, m)(result.activations[name], result.gradients[name]) for m in catalogue.LAYER_CAMS
+                }
                 for name in tapped
             }
             return {
-                "upsampled": {m: cam.upsample(cams[cam_layer][m], image.shape[:2]) for m in methods.LAYER_CAMS},
+                "upsampled": {m: cam.upsample(cams[cam_layer][m], image.shape[:2]) for m in catalogue.LAYER_CAMS},
                 "saliency": result.saliency,
                 "gradient_x_input": result.gradient_x_input,
                 "target": result.target,
@@ -154,11 +164,21 @@ class MethodRunner:
                 engine, variables, image, target, ranks, removed, start, method, count, deleting
             )
 
-        self._shared, self._smoothgrad = shared, smoothgrad
+        self._shared, self._smoothgrad_part = shared, smoothgrad
         self._logits = engine.logits
         self._relu_rules = {"guided_backprop": guided, "deconvnet": deconvnet}
         self._starts, self._integrated = starts, integrated
         self._score, self._occluded, self._curve = score, occluded, curve
+        self._compute: dict[str, Callable[[_Job], np.ndarray]] = {
+            **{name: self._from_shared(name) for name in ("saliency", "gradient_x_input", *catalogue.LAYER_CAMS)},
+            **{name: self._relu_rule(name) for name in self._relu_rules},
+            "guided_grad_cam": self._guided_grad_cam,
+            "smoothgrad": self._smoothgrad,
+            "integrated_gradients": self._integrated_gradients,
+            "score_cam": self._score_cam,
+            "occlusion": self._occlusion,
+        }
+        assert set(self._compute) == set(catalogue.METHODS), "every catalogue row needs a function here"
 
     @functools.cached_property
     def masks(self) -> np.ndarray:
@@ -173,79 +193,94 @@ class MethodRunner:
         targets: np.ndarray,
         keys: np.ndarray,
         passes: Passes,
-        wanted: Sequence[str] = methods.METHODS,
+        wanted: Sequence[str] = catalogue.METHODS,
         advance: Callable[[int], None] | None = None,
         starts: np.ndarray | None = None,
     ) -> MethodOutputs:
         """Raw outputs of the `wanted` methods for `images` (model space); target -1 is the
         predicted class; `keys` are per-example PRNG key data; `starts` are IG's starting images
         (default: the configured baseline)."""
-        unknown = sorted(set(wanted) - set(methods.METHODS))
-        if unknown:
-            raise ValueError(f"unknown attribution method {unknown[0]!r}; choose from {', '.join(methods.METHODS)}")
-        config, n = self.config, len(images)
-        raw: dict[str, np.ndarray] = {}
-        if self.layer_cams or set(wanted) & SHARED_PASS:
+        rows = [catalogue.method(name) for name in wanted]
+        if self.layer_cams or any(row.shared_pass for row in rows):
             shared = map_examples(self._shared, (variables,), images, targets, chunk=passes.gradient)
             targets, logits = np.asarray(shared["target"], np.int32), shared["logits"]
-            upsampled = shared["upsampled"]
-            for m in ("saliency", "gradient_x_input", *methods.LAYER_CAMS):
-                if m in wanted:
-                    raw[m] = upsampled[m] if m in upsampled else shared[m]
         else:  # the methods asked for need only the targets: one forward pass gives them
             shared = {"cams": {}}
             logits = map_examples(self._logits, (variables,), images, chunk=passes.forward)
             targets = np.where(targets < 0, logits.argmax(axis=-1), targets).astype(np.int32)
-        size = images.shape[1:3]
-        for m, rule in self._relu_rules.items():
-            if m in wanted or (m == "guided_backprop" and "guided_grad_cam" in wanted):
-                raw[m] = map_examples(rule, (variables,), images, targets, chunk=passes.gradient)
-        if "guided_grad_cam" in wanted:
-            raw["guided_grad_cam"] = raw["guided_backprop"] * upsampled["grad_cam"][..., None]
-            if "guided_backprop" not in wanted:
-                del raw["guided_backprop"]
-        if "smoothgrad" in wanted:
-            samples = config.smoothgrad_samples
-            ids = np.arange(samples, dtype=np.int32)
-            weights = np.full(samples, 1.0 / samples, np.float32)
-            chunk, batch = split(passes.gradient, n, samples)
-            raw["smoothgrad"] = map_inner(
-                self._smoothgrad, (variables,), (images, targets, keys), (ids, weights),
-                chunk=chunk, inner_batch=batch, combine="sum",
-            )  # fmt: skip
-        if "integrated_gradients" in wanted:
-            alphas, weights = saliency.path_points(config.ig_steps, config.ig_rule)
-            chunk, batch = split(passes.gradient, n, len(alphas))
-            if starts is None:
-                starts = map_examples(self._starts, (), images, keys, chunk=passes.forward)
-            raw["integrated_gradients"] = map_inner(
-                self._integrated, (variables,), (images, targets, starts),
-                (alphas.astype(np.float32), weights.astype(np.float32)),
-                chunk=chunk, inner_batch=batch, combine="sum",
-            )  # fmt: skip
-        if "score_cam" in wanted:
-            activation = shared["cam_activation"]
-            channels = np.arange(activation.shape[-1], dtype=np.int32)
-            chunk, batch = split(passes.forward, n, len(channels))
-            scores = map_inner(
-                self._score, (variables,), (images, targets, activation), (channels,),
-                chunk=chunk, inner_batch=batch, combine="concat",
-            )  # fmt: skip
-            maps = jax.vmap(cam.score_cam)(jnp.asarray(activation), jnp.asarray(scores))
-            shared["cams"][self.cam_layer]["score_cam"] = np.asarray(maps)
-            raw["score_cam"] = np.asarray(jax.vmap(lambda c: cam.upsample(c, size))(maps))
-        if "occlusion" in wanted:
-            # The unoccluded image comes first, through the same program as the occluded ones.
-            masks = np.concatenate([np.zeros_like(self.masks[:1]), self.masks])
-            chunk, batch = split(passes.forward, n, len(masks))
-            occluded = map_inner(
-                self._occluded, (variables,), (images, targets), (masks,),
-                chunk=chunk, inner_batch=batch, combine="concat",
-            )  # fmt: skip
-            raw["occlusion"] = occlusion.occlusion_map(occluded[:, 0], occluded[:, 1:], self.masks)
+        job = _Job(variables, images, targets, keys, passes, shared, starts, {})
+        raw = {row.name: self._compute[row.name](job) for row in rows}
         if advance is not None:
-            advance(n)
+            advance(len(images))
         return MethodOutputs(raw, shared["cams"], targets, logits)
+
+    # One function per catalogue row: the method's raw output for the job's images.
+
+    def _from_shared(self, name: str) -> Callable[[_Job], np.ndarray]:
+        def compute(job: _Job) -> np.ndarray:
+            upsampled = job.shared["upsampled"]
+            return upsampled[name] if name in upsampled else job.shared[name]
+
+        return compute
+
+    def _relu_rule(self, name: str) -> Callable[[_Job], np.ndarray]:
+        def compute(job: _Job) -> np.ndarray:
+            if name not in job.cache:
+                rule = self._relu_rules[name]
+                job.cache[name] = map_examples(
+                    rule, (job.variables,), job.images, job.targets, chunk=job.passes.gradient
+                )
+            return job.cache[name]
+
+        return compute
+
+    def _guided_grad_cam(self, job: _Job) -> np.ndarray:
+        return self._relu_rule("guided_backprop")(job) * job.shared["upsampled"]["grad_cam"][..., None]
+
+    def _smoothgrad(self, job: _Job) -> np.ndarray:
+        samples = self.config.smoothgrad_samples
+        ids = np.arange(samples, dtype=np.int32)
+        weights = np.full(samples, 1.0 / samples, np.float32)
+        chunk, batch = split(job.passes.gradient, len(job.images), samples)
+        return map_inner(
+            self._smoothgrad_part, (job.variables,), (job.images, job.targets, job.keys), (ids, weights),
+            chunk=chunk, inner_batch=batch, combine="sum",
+        )  # fmt: skip
+
+    def _integrated_gradients(self, job: _Job) -> np.ndarray:
+        alphas, weights = saliency.path_points(self.config.ig_steps, self.config.ig_rule)
+        chunk, batch = split(job.passes.gradient, len(job.images), len(alphas))
+        starts = job.starts
+        if starts is None:
+            starts = map_examples(self._starts, (), job.images, job.keys, chunk=job.passes.forward)
+        return map_inner(
+            self._integrated, (job.variables,), (job.images, job.targets, starts),
+            (alphas.astype(np.float32), weights.astype(np.float32)),
+            chunk=chunk, inner_batch=batch, combine="sum",
+        )  # fmt: skip
+
+    def _score_cam(self, job: _Job) -> np.ndarray:
+        activation = job.shared["cam_activation"]
+        channels = np.arange(activation.shape[-1], dtype=np.int32)
+        chunk, batch = split(job.passes.forward, len(job.images), len(channels))
+        scores = map_inner(
+            self._score, (job.variables,), (job.images, job.targets, activation), (channels,),
+            chunk=chunk, inner_batch=batch, combine="concat",
+        )  # fmt: skip
+        maps = jax.vmap(cam.score_cam)(jnp.asarray(activation), jnp.asarray(scores))
+        job.shared["cams"][self.cam_layer]["score_cam"] = np.asarray(maps)
+        size = job.images.shape[1:3]
+        return np.asarray(jax.vmap(lambda c: cam.upsample(c, size))(maps))
+
+    def _occlusion(self, job: _Job) -> np.ndarray:
+        # The unoccluded image comes first, through the same program as the occluded ones.
+        masks = np.concatenate([np.zeros_like(self.masks[:1]), self.masks])
+        chunk, batch = split(job.passes.forward, len(job.images), len(masks))
+        occluded = map_inner(
+            self._occluded, (job.variables,), (job.images, job.targets), (masks,),
+            chunk=chunk, inner_batch=batch, combine="concat",
+        )  # fmt: skip
+        return occlusion.occlusion_map(occluded[:, 0], occluded[:, 1:], self.masks)
 
     def curves(
         self,
@@ -269,7 +304,7 @@ class MethodRunner:
         return deletion, insertion
 
 
-def importance_maps(outputs: MethodOutputs, wanted: Sequence[str] = methods.METHODS) -> np.ndarray:
+def importance_maps(outputs: MethodOutputs, wanted: Sequence[str] = catalogue.METHODS) -> np.ndarray:
     """(N, M, H, W) 2-D importance of each wanted method."""
     maps = [np.asarray(jax.vmap(functools.partial(methods.importance, m))(jnp.asarray(outputs.raw[m]))) for m in wanted]
     return np.stack(maps, axis=1)
@@ -349,7 +384,7 @@ def run(
     return AttributionResult(
         indices=indices,
         targets=out.targets,
-        maps={m: stacked[:, k] for k, m in enumerate(methods.METHODS)},
+        maps={m: stacked[:, k] for k, m in enumerate(catalogue.METHODS)},
         layer_cams={layer: dict(cams) for layer, cams in out.layer_cams.items() if layer in runner.layer_cams},
         cam_layer=runner.cam_layer,
         deletion=deletion,

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from reportgen import attribution, plan, results, visualisation
-from reportgen.analyses import methods, predictions
+from reportgen.analyses import catalogue, predictions
 from reportgen.analyses.activations import LayerStatistics
 from reportgen.config import Settings, as_dict
 from reportgen.data import ProbeSet
@@ -129,13 +129,13 @@ def attribution_result(
     """Per-method scores (mean over the explained images) and each explained image's AUCs and maps."""
     deletion, insertion = result.deletion_auc(), result.insertion_auc()
     scores = []
-    for m, name in enumerate(methods.METHODS):
+    for m, name in enumerate(catalogue.METHODS):
         final = _float(float(result.sanity[m, -1])) if result.sanity.shape[1] else None
         scores.append(
             results.MethodScores(
                 name=name,
-                title=methods.TITLES[name],
-                signed=name in methods.SIGNED,
+                title=catalogue.TITLES[name],
+                signed=name in catalogue.SIGNED,
                 deletion_auc=_float(float(deletion[:, m].mean())),
                 insertion_auc=_float(float(insertion[:, m].mean())),
                 deletion_curve=_floats(result.deletion[:, m].mean(axis=0)),
@@ -151,9 +151,9 @@ def attribution_result(
             sha256=results.image_hash(probe.images[int(i)]),
             target=classes[int(result.targets[k])],
             target_index=int(result.targets[k]),
-            deletion_auc={name: _float(float(deletion[k, m])) for m, name in enumerate(methods.METHODS)},
-            insertion_auc={name: _float(float(insertion[k, m])) for m, name in enumerate(methods.METHODS)},
-            maps={name: results.stored_map(result.maps[name][k]) for name in methods.METHODS},
+            deletion_auc={name: _float(float(deletion[k, m])) for m, name in enumerate(catalogue.METHODS)},
+            insertion_auc={name: _float(float(insertion[k, m])) for m, name in enumerate(catalogue.METHODS)},
+            maps={name: results.stored_map(result.maps[name][k]) for name in catalogue.METHODS},
         )
         for k, i in enumerate(result.indices)
     )

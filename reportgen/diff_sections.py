@@ -76,9 +76,7 @@ def _findings(found: Sequence[Finding]) -> tuple[FindingView, ...]:
     return tuple(FindingView(f.severity, f.message, "") for f in found)
 
 
-def diff_view(
-    diff: Diff, gates: Sequence[tuple[str, bool, str]], folders: tuple[Path | None, Path | None]
-) -> DiffView:
+def diff_view(diff: Diff, gates: Sequence[tuple[str, bool, str]], folders: tuple[Path | None, Path | None]) -> DiffView:
     """The comparison page. `gates` holds each rule, whether it broke, and the value measured."""
     old_folder, new_folder = folders
     sides = (

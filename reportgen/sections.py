@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from reportgen import attribution, figures, results, visualisation
-from reportgen.analyses import methods, patches, predictions
+from reportgen.analyses import catalogue, patches, predictions
 from reportgen.analyses.activations import LayerStatistics
 from reportgen.collect import slug
 from reportgen.config import Settings
@@ -37,6 +37,7 @@ from reportgen.views import (
     FindingView,
     Guess,
     LayerView,
+    MethodAbout,
     MethodScore,
     PlanRow,
     PredictionView,
@@ -191,9 +192,9 @@ def layer_view(
         figs.append(
             store.add(
                 f"{prefix}-cams.png",
-                figures.cam_rows(display_images[:n], [cams[m][:n] for m in methods.LAYER_CAMS]),
+                figures.cam_rows(display_images[:n], [cams[m][:n] for m in catalogue.LAYER_CAMS]),
                 f"class activation maps at {layer.name}",
-                f"Rows: {', '.join(methods.TITLES[m] for m in methods.LAYER_CAMS)} at this layer, for the explained"
+                f"Rows: {', '.join(catalogue.TITLES[m] for m in catalogue.LAYER_CAMS)} at this layer, for the explained"
                 f" class of the first {n} attribution images (inferno scale: dark is no evidence, yellow the"
                 " map's strongest evidence).",
             )
@@ -330,17 +331,17 @@ def attribution_view(
     store: FigureStore,
 ) -> AttributionView:
     """Every method on every explained image, the scores table and the curves."""
-    titles = tuple(methods.TITLES[m] for m in methods.METHODS)
+    titles = tuple(catalogue.TITLES[m] for m in catalogue.METHODS)
     rows = []
     for k, i in enumerate(result.indices.tolist()):
         image = probe.images[i]
         tiles = tuple(
             store.add(
                 f"attribution-{k + 1:03d}-{m.replace('_', '-')}.png",
-                figures.attribution_tile(image, result.maps[m][k], m in methods.SIGNED),
-                f"{methods.TITLES[m]} on {probe.names[i]}",
+                figures.attribution_tile(image, result.maps[m][k], m in catalogue.SIGNED),
+                f"{catalogue.TITLES[m]} on {probe.names[i]}",
             )
-            for m in methods.METHODS
+            for m in catalogue.METHODS
         )
         picture = store.add(f"attribution-{k + 1:03d}-image.png", figures.thumbnail(image, zoom=2), probe.names[i])
         rows.append(AttributionRow(picture, probe.names[i], classes[int(result.targets[k])], tiles))
@@ -381,7 +382,8 @@ def attribution_view(
         f" Occlusion: {s.occlusion_window}-pixel window, stride {s.occlusion_stride}, black fill.",
         f"Explained class: {s.attribution_target}.",
     )
-    return AttributionView(titles, tuple(rows), scores, curves, sanity_figure, notes)
+    about = tuple(MethodAbout(m.title, m.needs, m.reference) for m in catalogue.CATALOGUE)
+    return AttributionView(titles, about, tuple(rows), scores, curves, sanity_figure, notes)
 
 
 def plan_row(stage: results.PlanStage) -> PlanRow:

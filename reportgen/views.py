@@ -138,10 +138,20 @@ class AttributionRow:
 
 
 @dataclass(frozen=True)
+class MethodAbout:
+    """What a method reads and where it was published."""
+
+    title: str
+    needs: str
+    reference: str
+
+
+@dataclass(frozen=True)
 class AttributionView:
     """The Attribution section."""
 
     methods: tuple[str, ...]
+    about: tuple[MethodAbout, ...]
     rows: tuple[AttributionRow, ...]
     scores: tuple[MethodScore, ...]
     curves: FigureView

@@ -1,5 +1,5 @@
-"""The attribution methods: names, titles, which are signed, their settings, and how a raw output
-becomes a 2-D importance map. `reportgen.attribution.MethodRunner` computes them, sharing passes."""
+"""The attribution methods' settings, and how a raw output becomes a 2-D importance map. The
+methods themselves are listed in `reportgen.analyses.catalogue`."""
 
 from __future__ import annotations
 
@@ -8,40 +8,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-METHODS = (
-    "saliency",
-    "guided_backprop",
-    "deconvnet",
-    "gradient_x_input",
-    "smoothgrad",
-    "integrated_gradients",
-    "grad_cam",
-    "grad_cam_pp",
-    "layer_cam",
-    "score_cam",
-    "guided_grad_cam",
-    "occlusion",
-)
-LAYER_CAMS = ("grad_cam", "grad_cam_pp", "layer_cam")
-"""CAMs drawn at every conv and pooling layer: all three come from the one shared backward pass."""
-
-SIGNED = frozenset({"gradient_x_input", "integrated_gradients", "occlusion"})
-"""Methods whose sign means something (evidence for or against the class)."""
-
-TITLES = {
-    "saliency": "Saliency",
-    "guided_backprop": "Guided backprop",
-    "deconvnet": "Deconvnet",
-    "gradient_x_input": "Gradient × input",
-    "smoothgrad": "SmoothGrad",
-    "integrated_gradients": "Integrated Gradients",
-    "grad_cam": "Grad-CAM",
-    "grad_cam_pp": "Grad-CAM++",
-    "layer_cam": "Layer-CAM",
-    "score_cam": "Score-CAM",
-    "guided_grad_cam": "Guided Grad-CAM",
-    "occlusion": "Occlusion",
-}
+from reportgen.analyses.catalogue import SIGNED
 
 
 @dataclass(frozen=True)
