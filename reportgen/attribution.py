@@ -10,6 +10,7 @@ whose size the planner picks (`compute.map_inner`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 from collections.abc import Callable, Sequence
@@ -311,26 +312,19 @@ def importance_maps(outputs: MethodOutputs, wanted: Sequence[str] = catalogue.ME
 
 
 def config_from(settings: Settings) -> methods.AttributionConfig:
-    """The attribution settings as the static config of the methods."""
-    return methods.AttributionConfig(
-        smoothgrad_samples=settings.smoothgrad_samples,
-        smoothgrad_noise=settings.smoothgrad_noise,
-        ig_steps=settings.ig_steps,
-        ig_baseline=settings.ig_baseline,
-        ig_rule=settings.ig_rule,
-        occlusion_window=settings.occlusion_window,
-        occlusion_stride=settings.occlusion_stride,
-        faithfulness_steps=settings.faithfulness_steps,
-    )
+    """The attribution settings as the static config of the methods (the fields they share)."""
+    given = dataclasses.asdict(settings.attribution)
+    names = [f.name for f in dataclasses.fields(methods.AttributionConfig) if f.name in given]
+    return methods.AttributionConfig(**{name: given[name] for name in names})
 
 
 def targets_for(settings: Settings, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Class to explain per image: -1 (predicted), the true label, or a fixed class index."""
-    if settings.attribution_target == "predicted":
+    if settings.attribution.target == "predicted":
         return np.full(len(labels), -1, np.int32)
-    if settings.attribution_target == "label":
+    if settings.attribution.target == "label":
         return np.where(labels >= 0, labels, -1).astype(np.int32)
-    k = int(settings.attribution_target)
+    k = int(settings.attribution.target)
     if not 0 <= k < num_classes:
         raise ValueError(f"attribution_target {k} is not a class index below {num_classes}")
     return np.full(len(labels), k, np.int32)
@@ -369,7 +363,7 @@ def run(
     progress.finish()
 
     groups = sanity_groups([layer for layer in reversed(model.graph.layers) if layer.param_paths], settings)
-    n_sanity = min(settings.sanity_images, len(images))
+    n_sanity = min(settings.attribution.sanity_images, len(images))
     progress.start("sanity check", len(groups))
     sample = (images[:n_sanity], out.targets[:n_sanity], keys[:n_sanity])
     correlations = cascade_correlations(
@@ -398,7 +392,7 @@ def run(
 def sanity_groups(top_down: Sequence[Layer], settings: Settings) -> list[list[Layer]]:
     """The cascade's stages: the layers with parameters, top down, in at most `sanity_stages`
     groups of consecutive layers (one layer each with 0). Stage s randomises groups 1 … s."""
-    count = min(settings.sanity_stages or len(top_down), len(top_down))
+    count = min(settings.attribution.sanity_stages or len(top_down), len(top_down))
     bounds = np.linspace(0, len(top_down), count + 1).round().astype(int)
     return [list(top_down[int(a) : int(b)]) for a, b in itertools.pairwise(bounds)]
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reportgen.config import Settings
 from reportgen.errors import UserError
 from reportgen.model.graph import Graph
 
@@ -283,7 +284,8 @@ class Workload:
 
 def attribution_passes(settings: Any, cam_channels: int, windows: int) -> tuple[int, int]:
     """(gradient passes, forward passes) of every attribution method for one example."""
-    gradient = 3 + settings.smoothgrad_samples + settings.ig_steps  # shared, guided, deconvnet, ...
+    a = settings.attribution
+    gradient = 3 + a.smoothgrad_samples + a.ig_steps  # shared, guided, deconvnet, samples, path points
     forward = cam_channels + windows
     return gradient, forward
 
@@ -296,12 +298,12 @@ def stage_plans(
 
     devices = jax.device_count()
     h, w = graph.input_shape[:2]
-    windows = len(window_masks(h, w, settings.occlusion_window, settings.occlusion_stride))
+    windows = len(window_masks(h, w, settings.attribution.occlusion_window, settings.attribution.occlusion_stride))
     cam_channels = graph.layer(graph.cam_layer).output_shape[-1]
     grad_passes, fwd_passes = attribution_passes(settings, cam_channels, windows)
     f = cost.forward_flops
     per_example = 2 * f * grad_passes + f * fwd_passes
-    curve_points = 2 * 12 * (settings.faithfulness_steps + 1)
+    curve_points = 2 * 12 * (settings.attribution.faithfulness_steps + 1)
     grad_bytes = int(GRADIENT_MEMORY * cost.activation_bytes)
     fwd_bytes = int(FORWARD_MEMORY * cost.activation_bytes)
 
@@ -311,7 +313,7 @@ def stage_plans(
         return StagePlan(name, chunk, inner, flops, flops / throughput + compile_seconds, nbytes)
 
     forward_chunk = spread(passes.forward, work.probe_images, passes.workers, devices)
-    a_chunk, a_inner = split(passes.gradient, work.attribution_images, max(settings.smoothgrad_samples, 2))
+    a_chunk, a_inner = split(passes.gradient, work.attribution_images, max(settings.attribution.smoothgrad_samples, 2))
     f_chunk, f_inner = split(passes.forward, work.attribution_images, curve_points)
     stages = [
         stage("forward pass", forward_chunk, 0, work.probe_images * f, forward_chunk * fwd_bytes),
@@ -334,25 +336,25 @@ def stage_plans(
             a_chunk * a_inner * grad_bytes,
         ),
     ]
+    vis = settings.visualisation
+    per_filter = vis.images_per_filter
     for layer, filters in work.vis_filters.items():
-        chunk = spread(
-            passes.gradient_at(cost, layer) // settings.vis_images_per_filter, filters, passes.workers, devices
-        )
-        flops = filters * settings.vis_steps * settings.vis_images_per_filter * 2 * cost.layer_flops[layer]
-        nbytes = chunk * settings.vis_images_per_filter * int(GRADIENT_MEMORY * cost.layer_bytes[layer])
+        chunk = spread(passes.gradient_at(cost, layer) // per_filter, filters, passes.workers, devices)
+        flops = filters * vis.steps * per_filter * 2 * cost.layer_flops[layer]
+        nbytes = chunk * per_filter * int(GRADIENT_MEMORY * cost.layer_bytes[layer])
         stages.append(stage(f"visualise {layer}", chunk, 0, flops, nbytes))
-    class_chunk = spread(passes.gradient // settings.vis_images_per_filter, work.classes, passes.workers, devices)
+    class_chunk = spread(passes.gradient // per_filter, work.classes, passes.workers, devices)
     stages.append(
         stage(
             "visualise classes",
             class_chunk,
             0,
-            work.classes * settings.class_steps * settings.vis_images_per_filter * 2 * f,
-            class_chunk * settings.vis_images_per_filter * grad_bytes,
+            work.classes * settings.visualisation.class_steps * settings.visualisation.images_per_filter * 2 * f,
+            class_chunk * settings.visualisation.images_per_filter * grad_bytes,
         )
     )
     figures = len(graph.layers) * (
-        4 + (work.shown_images if settings.activation_images == 0 else settings.activation_images)
+        4 + (work.shown_images if settings.layers.activation_images == 0 else settings.layers.activation_images)
     )
     figures += sum(work.vis_filters.values()) + work.classes + 2 * work.attribution_images
     charts = 2 * len(graph.layers) + 3
@@ -376,6 +378,12 @@ def scaled(work: Workload, fraction: float) -> Workload:
     )
 
 
+def replaced(settings: Settings, name: str, value: Any) -> Settings:
+    """Settings with one stage setting ("table.name") changed."""
+    table, field = name.split(".")
+    return dataclasses.replace(settings, **{table: dataclasses.replace(getattr(settings, table), **{field: value})})
+
+
 def make_plan(settings: Any, graph: Graph, cost: ModelCost, passes: Budget, throughput: float, work: Workload) -> Plan:
     """The plan of a build: the full workload when its estimate fits the profile's time budget,
     else every reducible count (most active filters, most predicted classes, explained images,
@@ -395,20 +403,29 @@ def make_plan(settings: Any, graph: Graph, cost: ModelCost, passes: Budget, thro
         widest = max(full.vis_filters.values(), default=0)
         kept = max(work.vis_filters.values(), default=0)
         changes = {
-            "vis_filters": (kept, widest, f"feature visualisation: the {kept} most active filters of each layer"
-                            f" (of up to {widest})"),
-            "vis_classes": (work.classes, full.classes, f"class visualisation: the {work.classes} of {full.classes}"
-                            " classes predicted most often"),
-            "sanity_stages": (work.sanity_stages, full.sanity_stages, f"sanity check: {work.sanity_stages} stages"
-                              f" of consecutive layers instead of {full.sanity_stages}"),
-            "attribution_images": (work.attribution_images, full.attribution_images, f"attribution:"
-                                   f" {work.attribution_images} of {full.attribution_images} images explained"),
-            "sanity_images": (work.sanity_images, full.sanity_images, f"sanity check: {work.sanity_images} of"
-                              f" {full.sanity_images} images"),
+            "visualisation.filters": (
+                kept, widest, f"feature visualisation: the {kept} most active filters of each layer (of up to {widest})"
+            ),
+            "visualisation.classes": (
+                work.classes, full.classes,
+                f"class visualisation: the {work.classes} of {full.classes} classes predicted most often",
+            ),
+            "attribution.sanity_stages": (
+                work.sanity_stages, full.sanity_stages,
+                f"sanity check: {work.sanity_stages} stages of consecutive layers instead of {full.sanity_stages}",
+            ),
+            "attribution.images": (
+                work.attribution_images, full.attribution_images,
+                f"attribution: {work.attribution_images} of {full.attribution_images} images explained",
+            ),
+            "attribution.sanity_images": (
+                work.sanity_images, full.sanity_images,
+                f"sanity check: {work.sanity_images} of {full.sanity_images} images",
+            ),
         }  # fmt: skip
         for name, (kept_count, full_count, note) in changes.items():
             if kept_count < full_count:
-                settings = dataclasses.replace(settings, **{name: kept_count})
+                settings = replaced(settings, name, kept_count)
                 sampled.append(f"{note}, to fit the {settings.profile} profile's {limit:.0f} s")
         if sampled:
             sampled.append("time_budget = inf (or --profile full) computes everything")

@@ -79,21 +79,23 @@ def _plan(settings: Settings, model: LoadedModel, engine: Engine, probe: ProbeSe
     passes = plan.budget(cost, settings.memory_budget, platform, free, workers())
     throughput = plan.measure_throughput(engine.logits, model.variables, model.input_shape, cost, workers())
     n = len(probe.names)
-    shown = len(display_indices(probe.labels, max(settings.activation_images, settings.channel_images)))
+    shown = len(display_indices(probe.labels, max(settings.layers.activation_images, settings.layers.channel_images)))
     vis = {
-        name: min(settings.vis_filters or graph.layer(name).output_shape[-1], graph.layer(name).output_shape[-1])
+        name: min(
+            settings.visualisation.filters or graph.layer(name).output_shape[-1], graph.layer(name).output_shape[-1]
+        )
         for name in visualisation.visualised_layers(model)
     }
-    explained = len(display_indices(probe.labels, settings.attribution_images))
+    explained = len(display_indices(probe.labels, settings.attribution.images))
     stages = sum(1 for layer in graph.layers if layer.param_paths)
     work = plan.Workload(
         n,
         shown,
         explained,
-        min(settings.sanity_images, explained),
-        min(settings.sanity_stages or stages, stages),
+        min(settings.attribution.sanity_images, explained),
+        min(settings.attribution.sanity_stages or stages, stages),
         vis,
-        min(settings.vis_classes or graph.num_classes, graph.num_classes),
+        min(settings.visualisation.classes or graph.num_classes, graph.num_classes),
     )
     return plan.make_plan(settings, graph, cost, passes, throughput, work)
 
@@ -163,12 +165,14 @@ def build(
     layers = model.graph.layers
     probs, finite, stats = _summaries(engine, model, inputs, build_plan.stage("forward pass").chunk, progress)
     pred = predictions.summarize(probs, probe.labels)
-    layer_stats = {layer.name: activations.summarize(stats[layer.name], settings.rare_fraction) for layer in layers}
-    shown = display_indices(probe.labels, max(settings.activation_images, settings.channel_images))
+    layer_stats = {
+        layer.name: activations.summarize(stats[layer.name], settings.layers.rare_fraction) for layer in layers
+    }
+    shown = display_indices(probe.labels, max(settings.layers.activation_images, settings.layers.channel_images))
     spatial = [layer.name for layer in layers if layer.is_spatial]
     maps = _maps(engine, model, inputs[shown], spatial, build_plan.stage("activation maps").chunk, progress)
     black = to_model(np.zeros((1, *model.input_shape), np.float32), settings.preprocess)[0]
-    explained = display_indices(probe.labels, settings.attribution_images)
+    explained = display_indices(probe.labels, settings.attribution.images)
     runner = attribution.runner_for(engine, model, settings, black)
     attributed = attribution.run(runner, model, inputs, probe.labels, explained, settings, build_plan.passes, progress)
     vis_chunks = {
@@ -187,7 +191,7 @@ def build(
             for i, layer in enumerate(layers)
         ),
         predictions=collect.predictions_result(pred, probe, classes, int((~finite).sum())),
-        attribution=collect.attribution_result(attributed, probe, classes, settings.sanity_threshold),
+        attribution=collect.attribution_result(attributed, probe, classes, settings.attribution.sanity_threshold),
         class_visualisation=collect.class_images(class_vis, classes),
         findings=(),
         provenance=collect.provenance(

@@ -163,7 +163,7 @@ def layer_view(
         )
     if layer.name in maps:
         layer_maps = maps[layer.name]
-        n_all = settings.activation_images or len(layer_maps)
+        n_all = settings.layers.activation_images or len(layer_maps)
         for j in range(min(n_all, len(layer_maps))):
             figs.append(
                 store.add(
@@ -173,9 +173,9 @@ def layer_view(
                     f"All {channels} channels on {shown.names[j]} (each map scaled to its own maximum).",
                 )
             )
-        across = settings.channels_across or channels
+        across = settings.layers.channels_across or channels
         picked = [int(c) for c in np.argsort(-stats.mean, kind="stable")[: min(across, channels)]]
-        n_across = min(settings.channel_images or len(layer_maps), len(layer_maps))
+        n_across = min(settings.layers.channel_images or len(layer_maps), len(layer_maps))
         figs.append(
             store.add(
                 f"{prefix}-across-images.png",
@@ -373,14 +373,14 @@ def attribution_view(
         f"Each step re-initialises one more layer, from the top down, on {result.sanity_images} images;"
         " a faithful method's correlation falls towards 0.",
     )
-    s = settings
+    s = settings.attribution
     notes = (
         f"The Attribution CAMs use layer {result.cam_layer}; each conv and pooling layer's section shows"
         " Grad-CAM, Grad-CAM++ and Layer-CAM at that layer.",
         f"SmoothGrad: {s.smoothgrad_samples} samples, noise {s.smoothgrad_noise:g} of the value range."
         f" Integrated Gradients: {s.ig_steps} steps, {s.ig_rule} rule, {s.ig_baseline} baseline."
         f" Occlusion: {s.occlusion_window}-pixel window, stride {s.occlusion_stride}, black fill.",
-        f"Explained class: {s.attribution_target}.",
+        f"Explained class: {s.target}.",
     )
     about = tuple(MethodAbout(m.title, m.needs, m.reference) for m in catalogue.CATALOGUE)
     return AttributionView(titles, about, tuple(rows), scores, curves, sanity_figure, notes)

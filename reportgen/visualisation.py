@@ -64,18 +64,18 @@ class ClassVisualisation:
 def vis_config(settings: Settings) -> featurevis.VisConfig:
     """The visualisation settings as the static optimisation config."""
     return featurevis.VisConfig(
-        steps=settings.vis_steps,
-        learning_rate=settings.vis_learning_rate,
-        parameterisation=settings.vis_parameterisation,
-        decorrelate=settings.vis_parameterisation == "fourier",
-        jitter=settings.vis_jitter,
-        rotation_deg=settings.vis_rotation,
-        tv_weight=settings.vis_tv,
-        l2_weight=settings.vis_l2,
-        blur_weight=settings.vis_blur,
-        objective=settings.vis_objective,
-        images_per_filter=settings.vis_images_per_filter,
-        diversity_weight=settings.vis_diversity,
+        steps=settings.visualisation.steps,
+        learning_rate=settings.visualisation.learning_rate,
+        parameterisation=settings.visualisation.parameterisation,
+        decorrelate=settings.visualisation.parameterisation == "fourier",
+        jitter=settings.visualisation.jitter,
+        rotation_deg=settings.visualisation.rotation,
+        tv_weight=settings.visualisation.tv,
+        l2_weight=settings.visualisation.l2,
+        blur_weight=settings.visualisation.blur,
+        objective=settings.visualisation.objective,
+        images_per_filter=settings.visualisation.images_per_filter,
+        diversity_weight=settings.visualisation.diversity,
     )
 
 
@@ -131,7 +131,7 @@ def run(
     conv_layers = [model.graph.layer(name) for name in visualised_layers(model)]
     results = []
     for stream, layer in enumerate(conv_layers, start=1):
-        filters, selection = chosen_filters(layer_stats[layer.name], settings.vis_filters)
+        filters, selection = chosen_filters(layer_stats[layer.name], settings.visualisation.filters)
         progress.start(f"visualise {layer.name}", len(filters))
         objective = featurevis.layer_objective(engine, layer.name, config.objective)
         vis = featurevis.visualise(objective, config, shape, basis, pre)
@@ -150,17 +150,17 @@ def run(
                 probe_best=probe_best,
                 dead=np.isin(filters, layer_stats[layer.name].dead),
                 top=patches.top_patches(
-                    layer_stat["max"], layer_stat["argmax"], layer.output_shape[1], settings.top_patches
+                    layer_stat["max"], layer_stat["argmax"], layer.output_shape[1], settings.layers.top_patches
                 ),
             )
         )
-    classes = np.sort(class_order[: settings.vis_classes or len(class_order)]).astype(np.int32)
+    classes = np.sort(class_order[: settings.visualisation.classes or len(class_order)]).astype(np.int32)
     progress.start("visualise classes", len(classes))
     class_config = dataclasses.replace(
         config,
-        steps=settings.class_steps,
-        learning_rate=settings.class_learning_rate,
-        tv_weight=settings.class_tv,
+        steps=settings.visualisation.class_steps,
+        learning_rate=settings.visualisation.class_learning_rate,
+        tv_weight=settings.visualisation.class_tv,
         rotation_deg=8.0,
         scale=(0.92, 1.08),
     )
