@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
-import re
 from collections.abc import Mapping
 from importlib import metadata
 
@@ -21,13 +20,9 @@ from reportgen.data import ProbeSet
 from reportgen.model.graph import Layer
 from reportgen.model.load import LoadedModel
 from reportgen.progress import Progress
+from reportgen.views import slug
 
 VERSIONED_PACKAGES = ("reportgen", "jax", "jaxlib", "flax", "orbax-checkpoint", "numpy", "jinja2", "matplotlib")
-
-
-def slug(text: str) -> str:
-    """A lowercase id fragment."""
-    return re.sub(r"[^0-9a-z]+", "-", text.lower()).strip("-") or "layer"
 
 
 def section_id(index: int, name: str) -> str:

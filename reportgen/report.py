@@ -26,7 +26,7 @@ from reportgen.data import ProbeSet, read_classes, read_probe, to_model
 from reportgen.errors import UserError
 from reportgen.model.engine import Engine
 from reportgen.model.graph import Layer
-from reportgen.model.load import LoadedModel, load_model
+from reportgen.model.load import LoadedModel, leaf_paths, load_model
 from reportgen.progress import Progress
 from reportgen.render import render
 
@@ -98,6 +98,13 @@ def _plan(settings: Settings, model: LoadedModel, engine: Engine, probe: ProbeSe
         min(settings.visualisation.classes or graph.num_classes, graph.num_classes),
     )
     return plan.make_plan(settings, graph, cost, passes, throughput, work)
+
+
+def kernel_of(model: LoadedModel, layer: Layer) -> np.ndarray | None:
+    """The layer's 4-D convolution kernel (kh, kw, C_in, F), if it has exactly one."""
+    leaves = dict(zip(leaf_paths(model.variables), jax.tree.leaves(model.variables), strict=True))
+    kernels = [np.asarray(leaves[p]) for p in layer.param_paths if np.ndim(leaves[p]) == 4]
+    return kernels[0] if len(kernels) == 1 else None
 
 
 def _summaries(engine: Engine, model: LoadedModel, images: np.ndarray, chunk: int, progress: Progress) -> Any:
@@ -211,7 +218,7 @@ def build(
                 layer,
                 result.layers[i],
                 layer_stats[layer.name],
-                model,
+                kernel_of(model, layer) if layer.kind == "conv" else None,
                 maps,
                 shown_probe,
                 settings,

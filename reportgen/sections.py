@@ -10,19 +10,12 @@ import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import jax
 import numpy as np
 
-from reportgen import attribution, figures, results, visualisation
-from reportgen.analyses import catalogue, patches, predictions
-from reportgen.analyses.activations import LayerStatistics
-from reportgen.collect import slug
-from reportgen.config import Settings
-from reportgen.data import ProbeSet
-from reportgen.model.graph import Layer, ReceptiveField
-from reportgen.model.load import LoadedModel, leaf_paths
+from reportgen import figures, results
+from reportgen.analyses import catalogue, patches
 from reportgen.views import (
     CSP,
     CSP_EXTERNAL,
@@ -42,7 +35,16 @@ from reportgen.views import (
     PlanRow,
     PredictionView,
     ReportView,
+    slug,
 )
+
+if TYPE_CHECKING:  # types only: view-building imports no jax
+    from reportgen import attribution, visualisation
+    from reportgen.analyses import predictions
+    from reportgen.analyses.activations import LayerStatistics
+    from reportgen.config import Settings
+    from reportgen.data import ProbeSet
+    from reportgen.model.graph import Layer, ReceptiveField
 
 
 def number(value: float | None, spec: str) -> str:
@@ -106,19 +108,12 @@ class FigureStore:
         return FigureView(src, alt, caption)
 
 
-def kernel_of(model: LoadedModel, layer: Layer) -> np.ndarray | None:
-    """The layer's 4-D convolution kernel (kh, kw, C_in, F), if it has exactly one."""
-    leaves = dict(zip(leaf_paths(model.variables), jax.tree.leaves(model.variables), strict=True))
-    kernels = [np.asarray(leaves[p]) for p in layer.param_paths if np.ndim(leaves[p]) == 4]
-    return kernels[0] if len(kernels) == 1 else None
-
-
 def layer_view(
     index: int,
     layer: Layer,
     recorded: results.LayerResult,
     stats: LayerStatistics,
-    model: LoadedModel,
+    kernel: np.ndarray | None,
     maps: Mapping[str, np.ndarray],
     shown: Shown,
     settings: Settings,
@@ -146,7 +141,6 @@ def layer_view(
         ),
     ]
     figs: list[FigureView] = []
-    kernel = kernel_of(model, layer) if layer.kind == "conv" else None
     if kernel is not None:
         colour = (
             "in colour (RGB weights scaled per filter)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
@@ -10,6 +11,11 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'n
 CSP_EXTERNAL = (
     "default-src 'none'; img-src data: 'self'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 )
+
+
+def slug(text: str) -> str:
+    """A lowercase id fragment."""
+    return re.sub(r"[^0-9a-z]+", "-", text.lower()).strip("-") or "layer"
 
 
 @dataclass(frozen=True)

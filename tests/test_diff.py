@@ -138,8 +138,9 @@ def test_archive_index_links_every_release_and_its_diff(archive: Path) -> None:
     assert json.loads((archive / "releases.json").read_text()) == {"releases": ["v1", "v2"]}
 
 
-def test_report_json_without_a_model_needs_no_jax() -> None:
-    code = "import sys, reportgen.compare, reportgen.archive; print(any(m.startswith('jax') for m in sys.modules))"
+def test_comparisons_and_view_building_import_no_jax() -> None:
+    modules = "reportgen.compare, reportgen.archive, reportgen.sections, reportgen.summary"
+    code = f"import sys, {modules}; print(any(m.startswith('jax') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 

@@ -4,10 +4,12 @@ filter responds most, cropped to its receptive field around the position of the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reportgen.model.graph import ReceptiveField
+if TYPE_CHECKING:
+    from reportgen.model.graph import ReceptiveField
 
 
 @dataclass(frozen=True)
