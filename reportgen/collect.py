@@ -64,7 +64,11 @@ def feature_visualisation(vis: visualisation.FilterVisualisation) -> results.Fea
 
 
 def layer_result(
-    index: int, layer: Layer, stats: LayerStatistics, vis: visualisation.FilterVisualisation | None
+    index: int,
+    layer: Layer,
+    stats: LayerStatistics,
+    vis: visualisation.FilterVisualisation | None,
+    nonfinite_weights: tuple[int, ...] = (),
 ) -> results.LayerResult:
     """One layer's facts, statistics, dead and rare filters and feature visualisation."""
     rf = layer.receptive_field
@@ -87,6 +91,7 @@ def layer_result(
         ),
         dead_filters=tuple(int(c) for c in stats.dead),
         rare_filters=tuple(int(c) for c in stats.rare),
+        nonfinite_weights=nonfinite_weights,
         feature_visualisation=None if vis is None else feature_visualisation(vis),
     )
 

@@ -9,6 +9,7 @@ from `checkpoint/`, `classes.txt` and `probe/` beside the model file when nothin
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -120,6 +121,7 @@ class Settings:
     time_budget: float = 0.0  # seconds the build may take (0: the profile's; inf: no limit)
     size_budget_mb: float = 25.0
     external_figures: bool = False  # link figures/*.png instead of embedding them
+    resize: str = "crop"  # probe images of another size: "crop", "pad" or "stretch"
     layers: LayerSettings = LayerSettings()
     attribution: AttributionSettings = AttributionSettings()
     visualisation: VisualisationSettings = VisualisationSettings()
@@ -245,6 +247,7 @@ def _coerce(name: str, value: Any, kind: str | None = None) -> Any:
     if name == "attribution.ig_steps" and value < 2:
         raise UserError("attribution.ig_steps must be at least 2")
     choices = {
+        "resize": ("crop", "pad", "stretch"),
         "attribution.ig_baseline": IG_BASELINES,
         "attribution.ig_rule": IG_RULES,
         "visualisation.parameterisation": PARAMETERISATIONS,
@@ -263,6 +266,8 @@ def _coerce(name: str, value: Any, kind: str | None = None) -> Any:
             raise UserError(f"{name} must be a number, not {value!r}") from e
         if not value >= 0:
             raise UserError(f"{name} must not be negative")
+        if math.isinf(value) and name != "time_budget":
+            raise UserError(f"{name} must be a finite number, not {value}")
     return value
 
 

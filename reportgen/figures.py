@@ -23,6 +23,12 @@ from PIL import Image
 CHART_RC: Any = {"text.parse_math": False, "font.size": 9, "axes.titlesize": 10, "svg.hashsalt": "reportgen"}
 
 
+def finite(values: np.ndarray) -> np.ndarray:
+    """NaN and infinities as 0: a model with broken weights still gets every figure (the findings
+    say which layers and how many channels are not finite)."""
+    return np.nan_to_num(np.asarray(values, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def png(rgb: np.ndarray) -> bytes:
     """Encode an (H, W, 3) float image in [0, 1] or uint8 image as PNG."""
     if rgb.dtype != np.uint8:
@@ -59,7 +65,7 @@ def zoom_for(side: int, target: int = 64) -> int:
 
 def colorize(maps: np.ndarray, cmap: str = "viridis") -> np.ndarray:
     """(N, h, w) maps -> (N, h, w, 3), each scaled to its own maximum (0 stays the darkest colour)."""
-    maps = np.nan_to_num(maps.astype(np.float32))
+    maps = finite(maps)
     low = np.minimum(maps.min(axis=(1, 2), keepdims=True), 0)
     high = maps.max(axis=(1, 2), keepdims=True)
     scaled = (maps - low) / np.where(high > low, high - low, 1)
@@ -91,7 +97,7 @@ def filter_grid(kernel: np.ndarray, columns: int = 16) -> bytes:
     """Convolution filters (kh, kw, C_in, F): in colour when C_in is 3, else the per-filter mean
     over input channels on a diverging scale (blue negative, red positive)."""
     kh, _, cin, _ = kernel.shape
-    filters = np.moveaxis(kernel, -1, 0)
+    filters = np.moveaxis(finite(kernel), -1, 0)
     if cin == 3:
         low = filters.min(axis=(1, 2, 3), keepdims=True)
         high = filters.max(axis=(1, 2, 3), keepdims=True)
@@ -119,11 +125,11 @@ def statistics_chart(mean: np.ndarray, firing: np.ndarray, maximum: np.ndarray) 
     with matplotlib.rc_context(CHART_RC):
         fig = Figure(figsize=(9, 2.4), layout="constrained")
         left, middle, right = fig.subplots(1, 3)
-        left.hist(mean, bins=30, color="#4063a8")
+        left.hist(mean[np.isfinite(mean)], bins=30, color="#4063a8")
         left.set(title="Mean activation per filter", xlabel="mean activation", ylabel="filters")
-        middle.hist(firing, bins=np.linspace(0, 1, 21), color="#d08a2e")
+        middle.hist(firing[np.isfinite(firing)], bins=np.linspace(0, 1, 21), color="#d08a2e")
         middle.set(title="Fraction of probe images where it fires", xlabel="fraction", ylabel="filters")
-        right.bar(np.arange(len(maximum)), maximum, width=1.0, color="#3c8d5a")
+        right.bar(np.arange(len(maximum)), finite(maximum), width=1.0, color="#3c8d5a")
         right.set(title="Maximum activation per filter", xlabel="filter", ylabel="max")
         return _save(fig)
 
@@ -151,7 +157,7 @@ def confusion_chart(confusion: np.ndarray) -> bytes:
 
 def filter_norm_chart(kernel: np.ndarray) -> bytes:
     """L2 norm of each filter's weights."""
-    norms = np.sqrt((kernel.reshape(-1, kernel.shape[-1]) ** 2).sum(axis=0))
+    norms = finite(np.sqrt((kernel.reshape(-1, kernel.shape[-1]).astype(np.float64) ** 2).sum(axis=0)))
     with matplotlib.rc_context(CHART_RC):
         fig = Figure(figsize=(9, 1.8), layout="constrained")
         ax = fig.subplots()
@@ -164,7 +170,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, signed: bool) -> np.ndarray:
     """A (H, W) map over the grayscale image: inferno from 0 to the map's maximum, or for signed maps
     red (for the class) and blue (against) scaled by the largest magnitude."""
     gray = to_rgb(image[None])[0].mean(axis=-1, keepdims=True)
-    heat = np.nan_to_num(heat.astype(np.float32))
+    heat = finite(heat)
     if signed:
         bound = np.abs(heat).max() or 1.0
         colour = colormaps["RdBu_r"](0.5 + 0.5 * heat / bound)[..., :3]
@@ -232,7 +238,7 @@ def sanity_chart(titles: Sequence[str], layers: Sequence[str], correlation: np.n
         ax.set(
             title="Cascading randomisation: rank correlation with the original maps",
             ylabel="Spearman",
-            ylim=(min(-0.3, float(correlation.min()) - 0.05), 1.05),
+            ylim=(min(-0.3, float(np.nanmin(finite(correlation))) - 0.05), 1.05),
         )
         ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
         return _save(fig)

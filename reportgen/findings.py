@@ -27,9 +27,19 @@ def layer_findings(layer: LayerResult, previous: LayerResult | None) -> list[Fin
         rare = tuple(c for c in rare if c not in previous.rare_filters and c not in previous.dead_filters)
     name, section, unit, width = layer.name, layer.section, layer.unit, layer.output_shape[-1]
     found = []
+    if layer.nonfinite_weights:
+        broken = layer.nonfinite_weights
+        message = f"{name}: the weights of {len(broken)} of {width} {unit}s are NaN or infinite: {_indices(broken)}"
+        found.append(Finding("error", "nonfinite-weights", name, message, section))
     if layer.statistics.nonfinite_images:
-        message = f"{name}: NaN or infinite outputs on {layer.statistics.nonfinite_images} probe images"
-        found.append(Finding("error", "nonfinite", name, message, section))
+        channels = sum(v is None for v in layer.statistics.max)
+        inherited = previous is not None and previous.statistics.nonfinite_images > 0
+        message = (
+            f"{name}: NaN or infinite outputs in {channels} of {width} {unit}s on"
+            f" {layer.statistics.nonfinite_images} probe images"
+            + (f" (so does the layer before it, {previous.name})" if inherited and previous else "")
+        )
+        found.append(Finding("warning" if inherited else "error", "nonfinite", name, message, section))
     if dead:
         message = f"{name}: {len(dead)} of {width} {unit}s are dead (zero on every probe image): {_indices(dead)}"
         found.append(Finding("warning", "dead-filters", name, message, section))

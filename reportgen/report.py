@@ -22,7 +22,7 @@ from reportgen import attribution, collect, findings, output, plan, results, sec
 from reportgen.analyses import activations, predictions
 from reportgen.compute import enable_compilation_cache, map_examples, workers
 from reportgen.config import Settings
-from reportgen.data import ProbeSet, read_classes, read_probe, to_model
+from reportgen.data import ProbeSet, check_preprocess, read_classes, read_probe, to_model
 from reportgen.errors import UserError
 from reportgen.model.engine import Engine
 from reportgen.model.graph import Layer
@@ -65,10 +65,23 @@ def display_indices(labels: np.ndarray, count: int) -> np.ndarray:
     return np.asarray(order[: count if count > 0 else len(order)], np.int64)
 
 
+def _check_model_settings(settings: Settings, model: LoadedModel) -> None:
+    """Settings that only make sense for some models: checked before any computation."""
+    height, width, channels = model.input_shape
+    check_preprocess(settings.preprocess, channels)
+    window = settings.attribution.occlusion_window
+    if window > min(height, width):
+        raise UserError(
+            f"attribution.occlusion_window {window} is larger than the {height}×{width} input;"
+            f" choose at most {min(height, width)}"
+        )
+    model.graph.cam_layer  # noqa: B018  (UserError when the model has no spatial convolution)
+
+
 def _probe(settings: Settings, model: LoadedModel, classes: list[str]) -> ProbeSet:
     if settings.images is None:
         raise UserError("no probe images; pass --images DIR with PNG or JPEG files (sub-folders named by class)")
-    return read_probe(Path(settings.images), model.input_shape, classes)
+    return read_probe(Path(settings.images), model.input_shape, classes, settings.resize)
 
 
 def _plan(settings: Settings, model: LoadedModel, engine: Engine, probe: ProbeSet) -> plan.Plan:
@@ -105,6 +118,18 @@ def kernel_of(model: LoadedModel, layer: Layer) -> np.ndarray | None:
     leaves = dict(zip(leaf_paths(model.variables), jax.tree.leaves(model.variables), strict=True))
     kernels = [np.asarray(leaves[p]) for p in layer.param_paths if np.ndim(leaves[p]) == 4]
     return kernels[0] if len(kernels) == 1 else None
+
+
+def nonfinite_weights(model: LoadedModel, layer: Layer) -> tuple[int, ...]:
+    """Output channels of the layer whose parameters hold NaN or infinity."""
+    leaves = dict(zip(leaf_paths(model.variables), jax.tree.leaves(model.variables), strict=True))
+    width = layer.output_shape[-1]
+    broken = np.zeros(width, bool)
+    for path in layer.param_paths:
+        values = np.asarray(leaves[path])
+        if values.ndim and values.shape[-1] == width:
+            broken |= ~np.isfinite(values.reshape(-1, width)).all(axis=0)
+    return tuple(int(c) for c in np.flatnonzero(broken))
 
 
 def _summaries(engine: Engine, model: LoadedModel, images: np.ndarray, chunk: int, progress: Progress) -> Any:
@@ -158,6 +183,7 @@ def build(
         model_kwargs=settings.model_kwargs,
         apply_kwargs=settings.apply_kwargs,
     )
+    _check_model_settings(settings, model)
     classes = read_classes(Path(settings.classes) if settings.classes else None, model.graph.num_classes)
     probe = _probe(settings, model, classes)
     progress.finish()
@@ -194,7 +220,9 @@ def build(
         schema_version=results.SCHEMA_VERSION,
         model=collect.model_result(settings, model, classes),
         layers=tuple(
-            collect.layer_result(i, layer, layer_stats[layer.name], vis_by_layer.get(layer.name))
+            collect.layer_result(
+                i, layer, layer_stats[layer.name], vis_by_layer.get(layer.name), nonfinite_weights(model, layer)
+            )
             for i, layer in enumerate(layers)
         ),
         predictions=collect.predictions_result(pred, probe, classes, int((~finite).sum())),

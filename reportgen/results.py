@@ -87,6 +87,7 @@ class LayerResult:
     statistics: ChannelStatistics
     dead_filters: tuple[int, ...]
     rare_filters: tuple[int, ...]
+    nonfinite_weights: tuple[int, ...]  # channels whose weights hold NaN or infinity
     feature_visualisation: FeatureVisualisation | None
 
 

@@ -19,6 +19,8 @@ import jax
 import jax.extend.core as jcore
 import numpy as np
 
+from reportgen.errors import UserError
+
 INLINED_CALLS = frozenset(
     {
         "pjit",
@@ -133,7 +135,10 @@ class Graph:
         """The layer class activation maps are taken at by default: the last convolution."""
         convs = [layer.name for layer in self.layers if layer.kind == "conv" and layer.is_spatial]
         if not convs:
-            raise ValueError("the model has no spatial convolution layer for class activation maps")
+            raise UserError(
+                "the model has no convolution with a spatial output (after concatenation or flattening, none is"
+                " left); reportgen explains CNNs and needs at least one for class activation maps"
+            )
         return convs[-1]
 
     @property

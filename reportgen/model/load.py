@@ -13,7 +13,9 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -232,13 +234,16 @@ def checkpoint_digest(path: Path) -> tuple[str, int, int]:
 def restore_tree(item: Path) -> Tree:
     """Every array of an orbax checkpoint item, as numpy, in its saved tree structure."""
     try:
-        with _quiet_absl(), warnings.catch_warnings():
+        with _quiet_absl(), warnings.catch_warnings(), _silent_stderr_on_failure():
             # Arrays are copied to host numpy below, so orbax's note about missing sharding is moot.
             warnings.filterwarnings("ignore", message=".*[Ss]harding info not provided.*")
-            restored = ocp.PyTreeCheckpointer().restore(item.resolve())
+            with ocp.PyTreeCheckpointer() as checkpointer:
+                restored = checkpointer.restore(item.resolve())
     except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        first = first.split(" [tensorstore_spec=")[0][:300]
         raise UserError(
-            f"cannot read orbax checkpoint {item}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            f"cannot read orbax checkpoint {item}: {type(e).__name__}: {first}"
             "; it may be truncated or not an orbax checkpoint"
         ) from e
     if not isinstance(restored, Mapping):
@@ -252,6 +257,28 @@ def _host(leaf: Any) -> Any:
     if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         return leaf
     return np.asarray(leaf)
+
+
+@contextlib.contextmanager
+def _silent_stderr_on_failure(drain_seconds: float = 0.5) -> Iterator[None]:
+    """When a restore fails part-way (a truncated file), tensorstore's outstanding reads call back
+    into orbax's already closed event loop and each prints a "RuntimeError: Event loop is closed"
+    traceback from a native thread. Such output cannot be caught in Python, so stderr's file
+    descriptor is pointed at /dev/null during the restore, and on failure until the reads have
+    drained; the one-line error is printed after."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    except BaseException:
+        time.sleep(drain_seconds)
+        raise
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @contextlib.contextmanager
