@@ -48,8 +48,9 @@ bench: $(STAMP) ## Run the benchmarks (not part of the tests): engine, Captum si
 train-demo: $(STAMP) ## Retrain the demo model from scratch (about 10 minutes on 2 cores)
 	$(BIN)/python $(DEMO)/train.py
 
-update-gold: $(STAMP) ## Regenerate the gold HTML file used by tests/test_gold.py
-	REPORTGEN_UPDATE_GOLD=1 $(BIN)/python -m pytest -q tests/test_gold.py
+update-gold: $(STAMP) ## Regenerate the gold HTML file used by tests/test_gold.py, then check it
+	-REPORTGEN_UPDATE_GOLD=1 $(BIN)/python -m pytest -q tests/test_gold.py
+	$(BIN)/python -m pytest -q tests/test_gold.py
 
 clean: ## Remove the virtual environment, reports and caches
 	rm -rf $(VENV) reports .pytest_cache .ruff_cache .mypy_cache

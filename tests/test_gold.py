@@ -33,5 +33,6 @@ def test_html_matches_the_gold_file(
     if os.environ.get("REPORTGEN_UPDATE_GOLD"):
         GOLD.parent.mkdir(exist_ok=True)
         GOLD.write_text(html)
+        pytest.fail("gold file rewritten: review `git diff tests/gold`, then run the test again without the variable")
     assert GOLD.exists(), "no gold file: run make update-gold"
     assert html == GOLD.read_text(), "report HTML changed; if intended, run make update-gold and review the diff"
