@@ -52,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--release", help="release name recorded in the report (with --archive: its folder name)")
     build.add_argument("--archive", help="release archive folder: writes ARCHIVE/RELEASE/, diffs and index.html")
     build.add_argument("--seed", type=int, help="seed for every random choice (default: 0)")
+    build.add_argument(
+        "--redact", action="store_true", default=None, help="leave absolute paths, user and host names out"
+    )
     _common(build)
     diff = commands.add_parser("diff", help="compare two reports (folders or report.json files)")
     diff.add_argument("old", help="the earlier report: a report folder or its report.json")
@@ -151,6 +154,7 @@ def _build(args: argparse.Namespace) -> int:
         "profile": args.profile,
         "out": args.out,
         "seed": args.seed,
+        "redact": args.redact,
     }
     settings = config.resolve(flags, args.config)
     progress = Progress(quiet=args.quiet)

@@ -122,6 +122,7 @@ class Settings:
     size_budget_mb: float = 25.0
     external_figures: bool = False  # link figures/*.png instead of embedding them
     resize: str = "crop"  # probe images of another size: "crop", "pad" or "stretch"
+    redact: bool = False  # leave absolute paths, user and host names out of the outputs
     layers: LayerSettings = LayerSettings()
     attribution: AttributionSettings = AttributionSettings()
     visualisation: VisualisationSettings = VisualisationSettings()

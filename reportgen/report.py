@@ -28,6 +28,7 @@ from reportgen.model.engine import Engine
 from reportgen.model.graph import Layer
 from reportgen.model.load import LoadedModel, leaf_paths, load_model
 from reportgen.progress import Progress
+from reportgen.redact import redact
 from reportgen.render import render
 
 
@@ -272,6 +273,8 @@ def build(
         result,
         provenance=collect.provenance(settings, command, probe, progress.timings, recorded, release),
     )
+    if settings.redact:
+        result = redact(result)
     view = sections.report_view(settings, result, layer_views, predictions_section, attribution_section, class_section)
     progress.start("write report")
     html = render(view)

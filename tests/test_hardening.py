@@ -140,3 +140,30 @@ def test_class_files_ignore_blank_lines_and_keep_markup_as_text(tmp_path: Path) 
     path.write_text("a\nb\n")
     with pytest.raises(UserError, match="has 2 class names but the model has 3 outputs"):
         read_classes(path, 3)
+
+
+def test_redacted_text_keeps_relative_names_and_drops_the_machine() -> None:
+    from reportgen.redact import text
+
+    names = {"ana": "[user]", "box7": "[host]"}
+    assert text("/home/ana/models/model.py:Net", names) == "…/model.py:Net"
+    assert text("C:\\Users\\ana\\nets\\m.py", names) == "…/m.py"
+    assert text("reportgen build --out=/tmp/r --images stop/1.png 1/2", names) == (
+        "reportgen build --out=…/r --images stop/1.png 1/2"
+    )
+    assert text("built by ana on box7; anagram", names) == "built by [user] on [host]; anagram"
+
+
+def test_redact_leaves_paths_out_of_every_output(
+    tmp_path: Path, linen_checkpoint: Path, tiny_probe: Path, tiny_classes: Path
+) -> None:
+    argv = ["build", "--model", f"{SPEC}:TinyLinen", "--checkpoint", str(linen_checkpoint), "--images", str(tiny_probe)]
+    assert cli.main([*argv, "--classes", str(tiny_classes), "--out", str(tmp_path / "r"), "--redact", "--quiet"]) == 0
+    for name in ("report.html", "report.json", "summary.md"):
+        content = (tmp_path / "r" / name).read_text()
+        for secret in (str(tmp_path), str(linen_checkpoint.parent), str(tiny_probe.parent), str(Path(SPEC).parent)):
+            assert secret not in content, (name, secret)
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert data["model"]["spec"] == "…/tiny_models.py:TinyLinen"
+    assert data["model"]["checkpoint"]["path"] == f"…/{linen_checkpoint.name}"
+    assert data["provenance"]["settings"]["redact"] is True
