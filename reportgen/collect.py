@@ -97,7 +97,11 @@ def layer_result(
 
 
 def predictions_result(
-    pred: predictions.Predictions, probe: ProbeSet, classes: list[str], nonfinite_logits: int
+    pred: predictions.Predictions,
+    probe: ProbeSet,
+    classes: list[str],
+    nonfinite_logits: int,
+    outputs_are_probabilities: bool = False,
 ) -> results.Predictions:
     """Every probe image's content hash, label and top-5, with accuracy and confusion."""
     images = tuple(
@@ -118,6 +122,7 @@ def predictions_result(
         accuracy=_float(pred.accuracy),
         labelled_images=int(pred.labelled.sum()),
         nonfinite_logits=nonfinite_logits,
+        outputs_are_probabilities=outputs_are_probabilities,
         images=images,
         confusion=None if pred.confusion is None else tuple(tuple(int(v) for v in row) for row in pred.confusion),
     )

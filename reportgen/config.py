@@ -123,6 +123,7 @@ class Settings:
     external_figures: bool = False  # link figures/*.png instead of embedding them
     resize: str = "crop"  # probe images of another size: "crop", "pad" or "stretch"
     redact: bool = False  # leave absolute paths, user and host names out of the outputs
+    outputs: str = "auto"  # what the model returns: "logits", "probabilities" or "auto" (detected)
     layers: LayerSettings = LayerSettings()
     attribution: AttributionSettings = AttributionSettings()
     visualisation: VisualisationSettings = VisualisationSettings()
@@ -249,6 +250,7 @@ def _coerce(name: str, value: Any, kind: str | None = None) -> Any:
         raise UserError("attribution.ig_steps must be at least 2")
     choices = {
         "resize": ("crop", "pad", "stretch"),
+        "outputs": ("auto", "logits", "probabilities"),
         "attribution.ig_baseline": IG_BASELINES,
         "attribution.ig_rule": IG_RULES,
         "visualisation.parameterisation": PARAMETERISATIONS,

@@ -50,11 +50,18 @@ def layer_findings(layer: LayerResult, previous: LayerResult | None) -> list[Fin
 
 
 def prediction_findings(predictions: Predictions) -> list[Finding]:
-    """Low accuracy and each misclassified probe image."""
+    """Probability outputs, low accuracy and each misclassified probe image."""
+    found = []
+    if predictions.outputs_are_probabilities:
+        message = (
+            "the model returns probabilities (every output row is non-negative and sums to 1), so they are shown"
+            " as they are; attribution explains a probability, whose gradient vanishes when the model is"
+            " confident: return logits for sharper explanations (setting outputs)"
+        )
+        found.append(Finding("warning", "probability-outputs", "model", message, "predictions"))
     if predictions.accuracy is None:
         message = "probe images have no labels: no accuracy or confusion matrix"
-        return [Finding("info", "unlabelled", "probe", message, "predictions")]
-    found = []
+        return [*found, Finding("info", "unlabelled", "probe", message, "predictions")]
     if predictions.accuracy < LOW_ACCURACY:
         message = f"probe accuracy is {predictions.accuracy:.1%}"
         found.append(Finding("error", "low-accuracy", "probe", message, "predictions"))

@@ -134,13 +134,13 @@ def nonfinite_weights(model: LoadedModel, layer: Layer) -> tuple[int, ...]:
 
 
 def _summaries(engine: Engine, model: LoadedModel, images: np.ndarray, chunk: int, progress: Progress) -> Any:
-    """Class probabilities, finiteness and per-channel statistics of every layer, for every image."""
+    """Model outputs, finiteness and per-channel statistics of every layer, for every image."""
     names = [layer.name for layer in model.graph.layers]
 
     def per_example(variables: Any, image: jax.Array) -> Any:
         logits, outs = engine.forward(variables, image, names)
         stats = {n: activations.channel_statistics(outs[n]) for n in names}
-        return predictions.probabilities(logits), jnp.isfinite(logits).all(), stats
+        return logits, jnp.isfinite(logits).all(), stats
 
     progress.start("forward pass", len(images))
     result = map_examples(per_example, (model.variables,), images, chunk=chunk, progress=progress.advance)
@@ -197,7 +197,11 @@ def build(
     progress.expect({stage.name: stage.estimated_seconds for stage in build_plan.stages})
     inputs = to_model(probe.images, settings.preprocess)
     layers = model.graph.layers
-    probs, finite, stats = _summaries(engine, model, inputs, build_plan.stage("forward pass").chunk, progress)
+    outputs, finite, stats = _summaries(engine, model, inputs, build_plan.stage("forward pass").chunk, progress)
+    given_probabilities = settings.outputs == "probabilities" or (
+        settings.outputs == "auto" and predictions.looks_like_probabilities(outputs)
+    )
+    probs = outputs if given_probabilities else np.asarray(jax.nn.softmax(outputs, axis=-1))
     pred = predictions.summarize(probs, probe.labels)
     layer_stats = {
         layer.name: activations.summarize(stats[layer.name], settings.layers.rare_fraction) for layer in layers
@@ -226,7 +230,7 @@ def build(
             )
             for i, layer in enumerate(layers)
         ),
-        predictions=collect.predictions_result(pred, probe, classes, int((~finite).sum())),
+        predictions=collect.predictions_result(pred, probe, classes, int((~finite).sum()), given_probabilities),
         attribution=collect.attribution_result(attributed, probe, classes, settings.attribution.sanity_threshold),
         class_visualisation=collect.class_images(class_vis, classes),
         findings=(),

@@ -119,6 +119,7 @@ class Predictions:
     accuracy: float | None
     labelled_images: int
     nonfinite_logits: int
+    outputs_are_probabilities: bool  # the model returns probabilities (not softmaxed again)
     images: tuple[ImagePrediction, ...]
     confusion: tuple[tuple[int, ...], ...] | None
 

@@ -167,3 +167,21 @@ def test_redact_leaves_paths_out_of_every_output(
     assert data["model"]["spec"] == "…/tiny_models.py:TinyLinen"
     assert data["model"]["checkpoint"]["path"] == f"…/{linen_checkpoint.name}"
     assert data["provenance"]["settings"]["redact"] is True
+
+
+def test_probability_outputs_are_shown_as_they_are_and_reported(
+    tmp_path: Path, tiny_probe: Path, tiny_classes: Path
+) -> None:
+    import tiny_models
+
+    variables = tiny_models.init_linen(tiny_models.SoftmaxHead(), seed=3)
+    checkpoint = save(tmp_path / "softmax", variables)
+    argv = ["build", "--model", f"{SPEC}:SoftmaxHead", "--checkpoint", str(checkpoint), "--images", str(tiny_probe)]
+    assert cli.main([*argv, "--classes", str(tiny_classes), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    images = read_probe(tiny_probe, (8, 8, 3), ["a", "b", "c"]).images
+    expected = np.asarray(tiny_models.SoftmaxHead().apply(variables, images)).max(axis=1)
+    shown = [image["top"][0]["probability"] for image in report["predictions"]["images"]]
+    np.testing.assert_allclose(shown, expected, rtol=1e-4)  # not softmax(probabilities)
+    assert report["predictions"]["outputs_are_probabilities"] is True
+    assert any(f["code"] == "probability-outputs" for f in report["findings"])

@@ -132,3 +132,14 @@ class EdgeNet(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nn.relu(nn.Conv(1, (5, 5), name="edge")(x))
         return nn.Dense(2, name="out")(x.mean(axis=(1, 2)))
+
+
+class SoftmaxHead(nn.Module):
+    """A model that returns probabilities instead of logits."""
+
+    input_shape = (8, 8, 3)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+        return nn.softmax(nn.Dense(3, name="head")(x.mean(axis=(1, 2))))

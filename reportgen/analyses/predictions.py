@@ -13,6 +13,15 @@ def probabilities(logits: jax.Array) -> jax.Array:
     return jax.nn.softmax(logits)
 
 
+def looks_like_probabilities(outputs: np.ndarray, tolerance: float = 1e-3) -> bool:
+    """Whether model outputs (N, K) are already probabilities: every row non-negative and summing
+    to 1. A softmax of them would flatten every prediction towards uniform."""
+    finite = outputs[np.isfinite(outputs).all(axis=1)]
+    if len(finite) == 0 or outputs.shape[1] < 2:
+        return False
+    return bool((finite >= 0).all() and np.allclose(finite.sum(axis=1), 1.0, atol=tolerance))
+
+
 @dataclass(frozen=True)
 class Predictions:
     """Top-k classes per image and, when labels exist, accuracy and confusion."""
