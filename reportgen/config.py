@@ -232,7 +232,7 @@ def _coerce(name: str, value: Any, kind: str | None = None) -> Any:
         if any(s == 0 for s in pre.std) or pre.scale == 0:
             raise UserError("preprocess std and scale must be non-zero")
         return pre
-    if name == "profile" and value not in PROFILES:
+    if name == "profile" and (not isinstance(value, str) or value not in PROFILES):
         raise UserError(f"profile {value!r} is unknown; choose one of {', '.join(PROFILES)}")
     if name in ("model_kwargs", "apply_kwargs"):
         if not isinstance(value, Mapping):

@@ -91,7 +91,7 @@ def import_spec(spec: str) -> Any:
     else:
         try:
             module = importlib.import_module(target)
-        except ImportError as e:
+        except (ImportError, TypeError, ValueError) as e:  # relative or empty names raise the latter two
             raise UserError(f"cannot import module {target!r} of model spec {spec!r}: {e}") from e
     if not hasattr(module, name):
         raise UserError(f"{target} has no attribute {name!r}; check the NAME after ':' in --model")
