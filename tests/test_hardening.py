@@ -35,7 +35,7 @@ BAD = [
     ("resize rule", {"config": 'resize = "zoom"\n'}, "resize 'zoom' is unknown"),
     ("flat setting", {"config": "ig_steps = 8\n"}, "is now 'ig_steps' in the [attribution] table"),
     ("truncated checkpoint", {"truncate": True}, "cannot read orbax checkpoint"),
-    ("model without convolutions", {"model": "NoConv"}, ""),
+    ("model without convolutions", {"model": "NoConv"}, "NoConv has no convolution layer"),
 ]
 
 
@@ -57,7 +57,8 @@ def test_mistakes_are_one_line_with_status_2_and_write_nothing(
     if "model" in change:
         model = change["model"]
         checkpoint = save(
-            tmp_path / "noconv", {"params": {"Dense_0": {"kernel": np.zeros((16, 2)), "bias": np.zeros(2)}}}
+            tmp_path / "noconv",
+            {"params": {"Dense_0": {"kernel": np.zeros((16, 2), np.float32), "bias": np.zeros(2, np.float32)}}},
         )
     command = [
         sys.executable,

@@ -241,7 +241,9 @@ def restore_tree(item: Path) -> Tree:
                 restored = checkpointer.restore(item.resolve())
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else ""
-        first = first.split(" [tensorstore_spec=")[0][:300]
+        for noise in (" [tensorstore_spec=", " See full TensorStore details"):
+            first = first.split(noise)[0]
+        first = first[:300]
         raise UserError(
             f"cannot read orbax checkpoint {item}: {type(e).__name__}: {first}"
             "; it may be truncated or not an orbax checkpoint"
