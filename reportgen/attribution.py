@@ -44,6 +44,7 @@ class AttributionResult:
     deletion: np.ndarray  # (N, M, steps + 1)
     insertion: np.ndarray  # (N, M, steps + 1)
     sanity_layers: tuple[str, ...]  # layers randomised at each stage, top down
+    head_stage: int  # first stage at which the classifier head and the last convolution are randomised
     sanity: np.ndarray  # (M, stages) mean Spearman correlation with the original maps
     sanity_images: int
 
@@ -384,9 +385,20 @@ def run(
         deletion=deletion,
         insertion=insertion,
         sanity_layers=tuple(group[-1].name for group in groups),
+        head_stage=head_stage(groups, model.graph.cam_layer),
         sanity=correlations,
         sanity_images=n_sanity,
     )
+
+
+def head_stage(groups: Sequence[Sequence[Layer]], last_conv: str) -> int:
+    """The first cascade stage at which every layer from the output down to the last convolution
+    is randomised: the classifier head and the last conv block (Adebayo et al. 2018 show that
+    guided backprop keeps its maps even then)."""
+    for stage, group in enumerate(groups):
+        if any(layer.name == last_conv for layer in group):
+            return stage
+    return len(groups) - 1
 
 
 def sanity_groups(top_down: Sequence[Layer], settings: Settings) -> list[list[Layer]]:

@@ -136,6 +136,7 @@ def attribution_result(
     scores = []
     for m, name in enumerate(catalogue.METHODS):
         final = _float(float(result.sanity[m, -1])) if result.sanity.shape[1] else None
+        head = _float(float(result.sanity[m, result.head_stage])) if result.sanity.shape[1] else None
         scores.append(
             results.MethodScores(
                 name=name,
@@ -146,8 +147,9 @@ def attribution_result(
                 deletion_curve=_floats(result.deletion[:, m].mean(axis=0)),
                 insertion_curve=_floats(result.insertion[:, m].mean(axis=0)),
                 sanity_spearman=_floats(result.sanity[m]),
+                sanity_head=head,
                 sanity_final=final,
-                flagged=final is not None and abs(final) > threshold,
+                flagged=any(v is not None and abs(v) > threshold for v in (head, final)),
             )
         )
     images = tuple(
@@ -167,6 +169,7 @@ def attribution_result(
         methods=tuple(scores),
         images=images,
         sanity_stages=tuple(result.sanity_layers),
+        head_stage=int(result.head_stage),
         sanity_images=int(result.sanity_images),
         sanity_threshold=float(threshold),
     )

@@ -225,8 +225,11 @@ def faithfulness_chart(titles: Sequence[str], deletion: np.ndarray, insertion: n
         return _save(fig)
 
 
-def sanity_chart(titles: Sequence[str], layers: Sequence[str], correlation: np.ndarray) -> bytes:
-    """Spearman correlation with the original maps as layers are randomised from the top down."""
+def sanity_chart(
+    titles: Sequence[str], layers: Sequence[str], correlation: np.ndarray, head: int | None = None
+) -> bytes:
+    """Spearman correlation with the original maps as layers are randomised from the top down; a
+    dotted line marks `head`, the stage by which the classifier head and last convolution are."""
     with matplotlib.rc_context(CHART_RC):
         fig = Figure(figsize=(9.5, 3.2), layout="constrained")
         ax = fig.subplots()
@@ -235,6 +238,9 @@ def sanity_chart(titles: Sequence[str], layers: Sequence[str], correlation: np.n
             ax.plot(range(len(layers)), correlation[k], styles[k // 10 % len(styles)], marker="o", ms=3, label=title)
         ax.set_xticks(range(len(layers)), [f"+{name}" for name in layers], rotation=30, ha="right")
         ax.axhline(0, color="#888888", lw=0.8)
+        if head is not None:
+            ax.axvline(head, color="#a15c00", lw=1.0, ls=":")
+            ax.annotate("head randomised", (head, 1.0), xytext=(4, -10), textcoords="offset points", fontsize=8)
         ax.set(
             title="Cascading randomisation: rank correlation with the original maps",
             ylabel="Spearman",

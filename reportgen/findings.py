@@ -84,19 +84,30 @@ def input_findings(warnings: Sequence[str], nonfinite_logits: int) -> list[Findi
 
 
 def attribution_findings(summary: Attribution) -> list[Finding]:
-    """A warning for each method whose maps survive randomising every layer."""
-    return [
-        Finding(
-            "warning",
-            "sanity-check",
-            method.name,
-            f"{method.title} maps barely change when every layer's weights are randomised"
-            f" (Spearman {method.sanity_final:.2f}): they do not show what this model learned",
-            "attribution",
-        )
-        for method in summary.methods
-        if method.flagged
-    ]
+    """A warning for each method whose maps survive randomising the classifier head and the last
+    convolution (they cannot be explaining the decision), or every layer (Adebayo et al. 2018,
+    "Sanity Checks for Saliency Maps")."""
+    found = []
+    threshold = summary.sanity_threshold
+    for method in summary.methods:
+        if not method.flagged:
+            continue
+        head, final = method.sanity_head, method.sanity_final
+        if head is not None and abs(head) > threshold:
+            down_to = summary.sanity_stages[summary.head_stage] if summary.sanity_stages else "the last convolution"
+            message = (
+                f"{method.title} maps stay similar when the layers from the output down to {down_to} are"
+                f" randomised (Spearman {head:.2f}"
+                + (f", {final:.2f} with every layer randomised" if final is not None else "")
+                + "): they do not explain this model's decision"
+            )
+        else:
+            message = (
+                f"{method.title} maps barely change when every layer's weights are randomised"
+                f" (Spearman {final:.2f}): they do not show what this model learned"
+            )
+        found.append(Finding("warning", "sanity-check", method.name, message, "attribution"))
+    return found
 
 
 def ordered(findings: Sequence[Finding]) -> list[Finding]:

@@ -136,8 +136,9 @@ class MethodScores:
     deletion_curve: tuple[float | None, ...]
     insertion_curve: tuple[float | None, ...]
     sanity_spearman: tuple[float | None, ...]
-    sanity_final: float | None
-    flagged: bool
+    sanity_head: float | None  # after randomising the classifier head and the last convolution
+    sanity_final: float | None  # after randomising every layer
+    flagged: bool  # the maps survive randomising the head, or every layer
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ class Attribution:
     methods: tuple[MethodScores, ...]
     images: tuple[ExplainedImage, ...]
     sanity_stages: tuple[str, ...]
+    head_stage: int  # index into sanity_stages: the head and the last convolution are randomised
     sanity_images: int
     sanity_threshold: float
 

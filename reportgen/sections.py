@@ -344,8 +344,9 @@ def attribution_view(
             m.title,
             number(m.deletion_auc, ".3f"),
             number(m.insertion_auc, ".3f"),
+            number(m.sanity_head, ".2f"),
             number(m.sanity_final, ".2f"),
-            "survives randomisation" if m.flagged else "",
+            verdict(m, summary.sanity_threshold),
         )
         for m in summary.methods
     )
@@ -362,10 +363,13 @@ def attribution_view(
     )
     sanity_figure = store.add(
         "attribution-sanity.png",
-        figures.sanity_chart(titles, result.sanity_layers, result.sanity),
+        figures.sanity_chart(titles, result.sanity_layers, result.sanity, result.head_stage),
         "cascading randomisation",
         f"Each step re-initialises one more layer, from the top down, on {result.sanity_images} images;"
-        " a faithful method's correlation falls towards 0.",
+        " a faithful method's correlation falls towards 0, and already once the head and the last"
+        f" convolution ({result.sanity_layers[result.head_stage]}) are randomised."
+        if result.sanity_layers
+        else "No layers with parameters to randomise.",
     )
     s = settings.attribution
     notes = (
@@ -378,6 +382,13 @@ def attribution_view(
     )
     about = tuple(MethodAbout(m.title, m.needs, m.reference) for m in catalogue.CATALOGUE)
     return AttributionView(titles, about, tuple(rows), scores, curves, sanity_figure, notes)
+
+
+def verdict(method: results.MethodScores, threshold: float) -> str:
+    """What the cascade says of a method, in words."""
+    if method.sanity_head is not None and abs(method.sanity_head) > threshold:
+        return "survives randomising the head and last convolution"
+    return "survives full randomisation" if method.flagged else ""
 
 
 def plan_row(stage: results.PlanStage) -> PlanRow:

@@ -129,6 +129,7 @@ class MethodScore:
     title: str
     deletion: str
     insertion: str
+    sanity_head: str
     sanity: str
     verdict: str  # "" or a warning
 

@@ -13,7 +13,7 @@ import tiny_models
 from conftest import ROOT, SPEC, save
 
 from reportgen import api
-from reportgen.analyses import methods, saliency
+from reportgen.analyses import catalogue, methods, saliency
 from reportgen.attribution import cascade_correlations
 from reportgen.compute import map_examples
 from reportgen.model.engine import Engine
@@ -154,3 +154,45 @@ def test_sanity_check_flags_a_method_that_ignores_the_weights(linear) -> None:
     scores = cascade_correlations(maps_of, model.variables, top_down, maps_of(model.variables), seed=0)
     assert scores[0].tolist() == pytest.approx([1.0] * len(top_down))
     assert abs(scores[1][-1]) < 0.5
+
+
+def test_the_head_stage_is_where_the_last_convolution_is_randomised() -> None:
+    import dataclasses as dc
+
+    from reportgen.attribution import head_stage, sanity_groups
+    from reportgen.config import Settings
+    from reportgen.model.graph import Layer
+
+    def layer(name: str) -> Layer:
+        return Layer(name, "conv" if name.startswith("conv") else "dense", (4,), 1, 1, None, None, 0)
+
+    top_down = [layer(n) for n in ("logits", "fc1", "conv3", "conv2", "conv1")]
+    settings = Settings(model="m", checkpoint="c")
+    one_each = sanity_groups(top_down, settings)
+    assert head_stage(one_each, "conv3") == 2  # logits, fc1, then conv3
+    pairs = sanity_groups(top_down, dc.replace(settings, attribution=dc.replace(settings.attribution, sanity_stages=2)))
+    assert [[x.name for x in g] for g in pairs] == [["logits", "fc1"], ["conv3", "conv2", "conv1"]]
+    assert head_stage(pairs, "conv3") == 1
+
+
+def test_a_method_that_survives_randomising_the_head_is_flagged_even_if_it_decays_later() -> None:
+    from reportgen import collect, findings
+    from reportgen.attribution import AttributionResult
+    from reportgen.data import ProbeSet
+
+    m = len(catalogue.METHODS)
+    sanity = np.zeros((m, 4))
+    guided = catalogue.METHODS.index("guided_backprop")
+    sanity[guided] = [0.99, 0.97, 0.93, 0.1]  # survives logits, fc1 and conv3, decays at the bottom
+    maps = {name: np.zeros((1, 4, 4)) for name in catalogue.METHODS}
+    result = AttributionResult(
+        np.array([0]), np.array([0]), maps, {}, "conv3", np.zeros((1, m, 3)), np.ones((1, m, 3)),
+        ("logits", "fc1", "conv3", "conv1"), 2, sanity, 1,
+    )  # fmt: skip
+    probe = ProbeSet(np.zeros((1, 4, 4, 3), np.float32), ("x.png",), np.array([0]), ())
+    summary = collect.attribution_result(result, probe, ["a"], threshold=0.5)
+    flagged = {s.name: s for s in summary.methods if s.flagged}
+    assert set(flagged) == {"guided_backprop"}
+    assert flagged["guided_backprop"].sanity_head == pytest.approx(0.93)
+    (finding,) = findings.attribution_findings(summary)
+    assert "from the output down to conv3 are randomised (Spearman 0.93, 0.10 with every layer" in finding.message
