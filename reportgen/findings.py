@@ -4,11 +4,14 @@ same findings, so the Overview and a layer's section can never disagree."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
-from reportgen.results import Attribution, Finding, LayerResult, Predictions, Report
+from reportgen.results import Attribution, Finding, ImagePrediction, LayerResult, Predictions, Report
 
 LOW_ACCURACY = 0.9
+CLASS_FAILS = 3
+"""From this many misclassified images of one class, one finding says the class fails."""
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
@@ -65,8 +68,23 @@ def prediction_findings(predictions: Predictions) -> list[Finding]:
     if predictions.accuracy < LOW_ACCURACY:
         message = f"probe accuracy is {predictions.accuracy:.1%}"
         found.append(Finding("error", "low-accuracy", "probe", message, "predictions"))
+    wrong: dict[str, list[ImagePrediction]] = {}
+    totals: Counter[str] = Counter(image.label for image in predictions.images if image.label is not None)
     for image in predictions.images:
-        if image.correct is False:
+        if image.correct is False and image.label is not None:
+            wrong.setdefault(image.label, []).append(image)
+    for label, images in wrong.items():
+        if len(images) >= CLASS_FAILS:
+            confused, times = Counter(image.top[0].name for image in images).most_common(1)[0]
+            message = (
+                f"class {label}: {len(images)} of {totals[label]} labelled probe images are misclassified, most"
+                f" often as {confused} ({times}): "
+                + ", ".join(image.name for image in images[:5])
+                + (f" and {len(images) - 5} more" if len(images) > 5 else "")
+            )
+            found.append(Finding("warning", "misclassified-class", label, message, "misclassified"))
+            continue
+        for image in images:
             best = image.top[0]
             probability = "" if best.probability is None else f" ({best.probability:.1%})"
             message = f"{image.name}: labelled {image.label}, predicted {best.name}{probability}"

@@ -303,3 +303,19 @@ def test_summary_markdown_lists_findings_and_layers(built: Path) -> None:
     errors = sum(f.severity == "error" for f in loaded.findings)
     warnings = sum(f.severity == "warning" for f in loaded.findings)
     assert f"| Findings | {errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}," in text
+
+
+def test_a_class_that_fails_is_one_finding_and_a_stray_error_is_its_own() -> None:
+    def image(name: str, label: str, predicted: str) -> results.ImagePrediction:
+        top = (results.ClassScore(predicted, 0, 0.9),)
+        return results.ImagePrediction(name, name, label, 0, top, label == predicted)
+
+    images = [image(f"one/{i}.png", "one", "seven" if i < 3 else "four") for i in range(4)]
+    images += [image("one/ok.png", "one", "one"), image("two/0.png", "two", "one"), image("two/1.png", "two", "two")]
+    found = findings.prediction_findings(results.Predictions(3 / 7, 7, 0, False, tuple(images), None))
+    by_code = [(f.code, f.subject) for f in found]
+    assert by_code == [("low-accuracy", "probe"), ("misclassified-class", "one"), ("misclassified", "two/0.png")]
+    assert found[1].message == (
+        "class one: 4 of 5 labelled probe images are misclassified, most often as seven (3):"
+        " one/0.png, one/1.png, one/2.png, one/3.png"
+    )
