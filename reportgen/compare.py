@@ -56,5 +56,5 @@ def write_diff(old_path: Path, new_path: Path, out: Path, rules: Sequence[gates.
         "diff.json": dumps(comparison),
         "summary.md": diff_markdown(comparison, pairs),
     }
-    output.write_folder(out, "diff", files)
+    output.write_folder(out, "diff", files, diff.DIFF_SCHEMA_VERSION)
     return DiffOutcome(out, comparison, tuple(f"{rule}: {why}" for rule, broken, why in pairs if broken))

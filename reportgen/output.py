@@ -84,14 +84,14 @@ def check_out(out: Path, kind: str) -> None:
         raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a writable folder") from e
 
 
-def write_folder(out: Path, kind: str, files: Mapping[str, bytes | str]) -> None:
-    """Write `files` (relative path -> content) and the marker as the folder `out`, replacing it
-    atomically."""
+def write_folder(out: Path, kind: str, files: Mapping[str, bytes | str], schema_version: int) -> None:
+    """Write `files` (relative path -> content) and the marker (with the schema version of the
+    JSON it holds) as the folder `out`, replacing it atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    marker = json.dumps({"kind": kind, "files": sorted(files)}, indent=1) + "\n"
+    marker = json.dumps({"kind": kind, "schema_version": schema_version, "files": sorted(files)}, indent=1) + "\n"
     try:
         tmp.mkdir()
         for name, content in sorted({**files, MARKER: marker}.items()):

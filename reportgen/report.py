@@ -290,7 +290,7 @@ def build(
         )
     files: dict[str, bytes | str] = {f"figures/{name}": blob for name, blob in store.files.items()}
     files |= {"report.json": results.dumps(result), "summary.md": summary.report_markdown(result), "report.html": html}
-    output.write_folder(out, "report", files)
+    output.write_folder(out, "report", files, results.SCHEMA_VERSION)
     progress.finish()
     return BuildResult(out, len(html), len(store.files), layers, result, tuple(warnings))
 

@@ -141,6 +141,9 @@ def test_class_files_ignore_blank_lines_and_keep_markup_as_text(tmp_path: Path) 
     path.write_text("a\nb\n")
     with pytest.raises(UserError, match="has 2 class names but the model has 3 outputs"):
         read_classes(path, 3)
+    path.write_text("\n".join(f"class {k}" for k in range(10_000)))
+    with pytest.raises(UserError, match="has 10000 class names but the model has 3 outputs"):
+        read_classes(path, 3)
 
 
 def test_redacted_text_keeps_relative_names_and_drops_the_machine() -> None:
@@ -186,3 +189,44 @@ def test_probability_outputs_are_shown_as_they_are_and_reported(
     np.testing.assert_allclose(shown, expected, rtol=1e-4)  # not softmax(probabilities)
     assert report["predictions"]["outputs_are_probabilities"] is True
     assert any(f["code"] == "probability-outputs" for f in report["findings"])
+
+
+def test_api_targets_out_of_range_are_refused_not_clamped(linen_checkpoint: Path) -> None:
+    from reportgen import api
+
+    model = api.load_model(f"{SPEC}:TinyLinen", linen_checkpoint)
+    images = np.zeros((2, 8, 8, 3), np.float32)
+    with pytest.raises(ValueError, match=r"targets must be class indices in 0\.\.2; got \[0, 3\]"):
+        api.saliency(model, images, targets=[0, 3])
+    with pytest.raises(ValueError, match="one class index per image"):
+        api.saliency(model, images, targets=[0])
+
+
+def test_an_output_folder_that_cannot_be_written_fails_before_any_work(
+    tmp_path: Path, linen_checkpoint: Path, tiny_probe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "taken").write_text("a file where a folder is needed")
+    out = tmp_path / "taken" / "report"
+    argv = ["build", "--model", f"{SPEC}:TinyLinen", "--checkpoint", str(linen_checkpoint), "--images", str(tiny_probe)]
+    assert cli.main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write there" in err and "load model" not in err  # refused before the model was loaded
+
+
+@pytest.mark.slow
+def test_ten_thousand_tiny_probe_images_build_with_grouped_findings(
+    tmp_path: Path, linen_checkpoint: Path, tiny_classes: Path
+) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(10_000):
+        pixels = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        folder = tmp_path / "probe" / "abc"[i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{i:05d}.png")
+    argv = ["build", "--model", f"{SPEC}:TinyLinen", "--checkpoint", str(linen_checkpoint)]
+    argv += ["--images", str(tmp_path / "probe"), "--classes", str(tiny_classes), "--out", str(tmp_path / "r")]
+    assert cli.main([*argv, "--quiet"]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert len(report["predictions"]["images"]) == 10_000
+    assert "10000 probe images were resized to 8×8" in report["provenance"]["probe_warnings"]
+    assert len(report["findings"]) <= 12  # failing classes are one finding each, not one per image

@@ -255,6 +255,7 @@ def test_a_killed_runs_leftovers_are_cleaned_and_a_report_is_replaced(
     assert not dead.exists() and mine.is_dir()
     marker = json.loads((out / ".reportgen.json").read_text())
     assert marker["kind"] == "report" and "report.json" in marker["files"]
+    assert marker["schema_version"] == results.SCHEMA_VERSION
 
 
 def test_size_budget_warns_and_external_figures_link_files(
