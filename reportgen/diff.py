@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from reportgen import findings as findings_module
+from reportgen.analyses.ranks import correlation, spearman
 from reportgen.results import ClassScore, Finding, ImagePrediction, LayerResult, Report
 
 DIFF_SCHEMA_VERSION = 1
@@ -160,33 +161,6 @@ class Diff:
     def headline_value(self, name: str) -> Headline:
         """The headline row called `name`."""
         return next(h for h in self.headline if h.name == name)
-
-
-# ---------------------------------------------------------------------------------------------
-# Small statistics
-
-
-def ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks from 0, ties sharing their mean rank."""
-    order = np.argsort(values, kind="stable")
-    position = np.empty(len(values), np.float64)
-    position[order] = np.arange(len(values))
-    _, tie, count = np.unique(values, return_inverse=True, return_counts=True)
-    return (np.bincount(tie, position) / count)[tie]
-
-
-def correlation(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Pearson correlation, None when either side is constant or the sizes differ."""
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    if a.shape != b.shape or a.size < 2 or a.std() == 0 or b.std() == 0:
-        return None
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Spearman rank correlation (Pearson correlation of tie-averaged ranks)."""
-    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
-    return correlation(ranks(a), ranks(b)) if a.shape == b.shape else None
 
 
 def _mean(values: tuple[float | None, ...]) -> float | None:

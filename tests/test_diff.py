@@ -16,6 +16,7 @@ import tiny_models
 from conftest import SPEC, linen_variables, save
 
 from reportgen import cli, diff, gates, results, serial
+from reportgen.analyses.ranks import spearman
 from reportgen.data import read_probe
 from reportgen.diff_sections import compared
 from reportgen.errors import UserError
@@ -206,10 +207,10 @@ def test_rules_that_compare_two_reports_are_refused_on_a_plain_build() -> None:
 
 
 def test_spearman_with_ties_matches_hand_computed_values() -> None:
-    assert diff.spearman(np.array([1.0, 2.0, 3.0]), np.array([1.0, 3.0, 2.0])) == pytest.approx(0.5)
+    assert spearman(np.array([1.0, 2.0, 3.0]), np.array([1.0, 3.0, 2.0])) == pytest.approx(0.5)
     # ranks (0.5, 0.5, 2) against (0, 1, 2): covariance 1.5, norms sqrt(1.5) and sqrt(2).
-    assert diff.spearman(np.array([1.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(1.5 / np.sqrt(3))
-    assert diff.spearman(np.ones(4), np.arange(4.0)) is None
+    assert spearman(np.array([1.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(1.5 / np.sqrt(3))
+    assert spearman(np.ones(4), np.arange(4.0)) is None
 
 
 def test_a_change_reads_better_or_worse_in_the_right_direction() -> None:

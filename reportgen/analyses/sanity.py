@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from reportgen.analyses import ranks
 from reportgen.model.load import leaf_paths
 
 
@@ -37,16 +38,5 @@ def randomised_stages(variables: Any, layers_top_down: Sequence[Sequence[str]], 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation of two maps (average ranks for ties); 0 when either is constant."""
-    ra, rb = _ranks(a.ravel()), _ranks(b.ravel())
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = np.sqrt((ra**2).sum() * (rb**2).sum())
-    return float((ra * rb).sum() / denominator) if denominator > 0 else 0.0
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values), np.float64)
-    ranks[order] = np.arange(len(values), dtype=np.float64)
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    sums = np.bincount(inverse, weights=ranks)
-    return (sums / counts)[inverse]
+    rho = ranks.spearman(a, b)
+    return 0.0 if rho is None else rho
