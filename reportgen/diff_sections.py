@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reportgen.diff import Diff
+from reportgen.findings import listed
 from reportgen.results import ClassScore, Finding
 from reportgen.summary import code, escape, finding_lines, fit, table
 from reportgen.views import (
@@ -69,7 +70,7 @@ def _thumbnail(folder: Path | None, position: int, alt: str) -> FigureView | Non
 
 
 def _indices(values: Sequence[int]) -> str:
-    return ", ".join(map(str, values[:16])) + (f" and {len(values) - 16} more" if len(values) > 16 else "")
+    return listed(values, 16)
 
 
 def _findings(found: Sequence[Finding]) -> tuple[FindingView, ...]:

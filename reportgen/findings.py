@@ -15,9 +15,10 @@ CLASS_FAILS = 3
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
-def _indices(indices: Sequence[int], limit: int = 12) -> str:
-    shown = ", ".join(str(i) for i in indices[:limit])
-    return shown + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
+def listed(items: Sequence[object], limit: int = 12) -> str:
+    """The first `limit` items, comma-separated, and how many more there are."""
+    shown = ", ".join(str(i) for i in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def layer_findings(layer: LayerResult, previous: LayerResult | None) -> list[Finding]:
@@ -32,7 +33,7 @@ def layer_findings(layer: LayerResult, previous: LayerResult | None) -> list[Fin
     found = []
     if layer.nonfinite_weights:
         broken = layer.nonfinite_weights
-        message = f"{name}: the weights of {len(broken)} of {width} {unit}s are NaN or infinite: {_indices(broken)}"
+        message = f"{name}: the weights of {len(broken)} of {width} {unit}s are NaN or infinite: {listed(broken)}"
         found.append(Finding("error", "nonfinite-weights", name, message, section))
     if layer.statistics.nonfinite_images:
         channels = sum(v is None for v in layer.statistics.max)
@@ -44,10 +45,10 @@ def layer_findings(layer: LayerResult, previous: LayerResult | None) -> list[Fin
         )
         found.append(Finding("warning" if inherited else "error", "nonfinite", name, message, section))
     if dead:
-        message = f"{name}: {len(dead)} of {width} {unit}s are dead (zero on every probe image): {_indices(dead)}"
+        message = f"{name}: {len(dead)} of {width} {unit}s are dead (zero on every probe image): {listed(dead)}"
         found.append(Finding("warning", "dead-filters", name, message, section))
     if rare:
-        message = f"{name}: {len(rare)} of {width} {unit}s fire on few probe images: {_indices(rare)}"
+        message = f"{name}: {len(rare)} of {width} {unit}s fire on few probe images: {listed(rare)}"
         found.append(Finding("info", "rare-filters", name, message, section))
     return found
 
@@ -78,9 +79,7 @@ def prediction_findings(predictions: Predictions) -> list[Finding]:
             confused, times = Counter(image.top[0].name for image in images).most_common(1)[0]
             message = (
                 f"class {label}: {len(images)} of {totals[label]} labelled probe images are misclassified, most"
-                f" often as {confused} ({times}): "
-                + ", ".join(image.name for image in images[:5])
-                + (f" and {len(images) - 5} more" if len(images) > 5 else "")
+                f" often as {confused} ({times}): " + listed([image.name for image in images], 5)
             )
             found.append(Finding("warning", "misclassified-class", label, message, "misclassified"))
             continue
