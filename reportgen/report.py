@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,16 +115,15 @@ def _plan(settings: Settings, model: LoadedModel, engine: Engine, probe: ProbeSe
     return plan.make_plan(settings, graph, cost, passes, throughput, work)
 
 
-def kernel_of(model: LoadedModel, layer: Layer) -> np.ndarray | None:
-    """The layer's 4-D convolution kernel (kh, kw, C_in, F), if it has exactly one."""
-    leaves = dict(zip(leaf_paths(model.variables), jax.tree.leaves(model.variables), strict=True))
+def kernel_of(leaves: Mapping[str, Any], layer: Layer) -> np.ndarray | None:
+    """The layer's 4-D convolution kernel (kh, kw, C_in, F), if it has exactly one; `leaves` maps
+    parameter paths to arrays."""
     kernels = [np.asarray(leaves[p]) for p in layer.param_paths if np.ndim(leaves[p]) == 4]
     return kernels[0] if len(kernels) == 1 else None
 
 
-def nonfinite_weights(model: LoadedModel, layer: Layer) -> tuple[int, ...]:
+def nonfinite_weights(leaves: Mapping[str, Any], layer: Layer) -> tuple[int, ...]:
     """Output channels of the layer whose parameters hold NaN or infinity."""
-    leaves = dict(zip(leaf_paths(model.variables), jax.tree.leaves(model.variables), strict=True))
     width = layer.output_shape[-1]
     broken = np.zeros(width, bool)
     for path in layer.param_paths:
@@ -221,12 +221,13 @@ def build(
         engine, model, probe.images, stats, layer_stats, settings, vis_chunks, class_order, progress
     )
     vis_by_layer = {v.layer: v for v in filter_vis}
+    parameters = dict(zip(leaf_paths(model.variables), jax.tree.leaves(model.variables), strict=True))
     result = results.Report(
         schema_version=results.SCHEMA_VERSION,
         model=collect.model_result(settings, model, classes),
         layers=tuple(
             collect.layer_result(
-                i, layer, layer_stats[layer.name], vis_by_layer.get(layer.name), nonfinite_weights(model, layer)
+                i, layer, layer_stats[layer.name], vis_by_layer.get(layer.name), nonfinite_weights(parameters, layer)
             )
             for i, layer in enumerate(layers)
         ),
@@ -251,7 +252,7 @@ def build(
                 layer,
                 result.layers[i],
                 layer_stats[layer.name],
-                kernel_of(model, layer) if layer.kind == "conv" else None,
+                kernel_of(parameters, layer) if layer.kind == "conv" else None,
                 maps,
                 shown_probe,
                 settings,
