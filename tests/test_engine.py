@@ -15,6 +15,7 @@ from conftest import SPEC, linen_variables, save
 from reportgen import compute
 from reportgen.model.engine import Engine, _needed_eqns
 from reportgen.model.load import LoadedModel, load_model
+from reportgen.model.smallconv import conv_as_matmul, spans_input
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +169,77 @@ def test_new_data_of_the_same_shape_does_not_recompile(model: LoadedModel) -> No
     compute.map_examples(engine.logits, (model.variables,), images(5, seed=1), chunk=8)
     compute.map_examples(engine.logits, (model.variables,), images(21, seed=2), chunk=8)
     assert compute._compiled(engine.logits, 1, 1)._cache_size() == 1
+
+
+CONVS = [
+    # (input NHWC, kernel HWIO, strides, padding, kernel dilation, (lhs, rhs, out) layout)
+    ((2, 2, 2, 5), (3, 3, 5, 4), (1, 1), "SAME", (1, 1), ("NHWC", "HWIO", "NHWC")),
+    ((2, 4, 4, 3), (3, 3, 3, 4), (2, 2), "SAME", (1, 1), ("NHWC", "HWIO", "NHWC")),
+    ((1, 2, 5, 3), (3, 2, 2, 3), (1, 2), ((2, 0), (1, 1)), (1, 2), ("NCHW", "OIHW", "NCHW")),
+    ((2, 1, 1, 4), (3, 3, 4, 2), (1, 1), "SAME", (1, 1), ("NHWC", "HWIO", "NHWC")),
+    ((1, 4, 4, 3), (4, 4, 3, 2), (1, 1), "VALID", (1, 1), ("NHWC", "HWIO", "NHWC")),
+]
+
+
+@pytest.mark.parametrize(("lhs_shape", "rhs_shape", "strides", "padding", "dilation", "layout"), CONVS)
+def test_wide_kernel_convolution_as_a_matrix_product(lhs_shape, rhs_shape, strides, padding, dilation, layout) -> None:
+    rng = np.random.default_rng(0)
+    lhs = jnp.asarray(rng.normal(size=lhs_shape).astype(np.float32))
+    rhs = jnp.asarray(rng.normal(size=rhs_shape).astype(np.float32))
+    numbers = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, layout)
+    spatial = [lhs.shape[d] for d in numbers.lhs_spec[2:]]
+    window = [rhs.shape[d] for d in numbers.rhs_spec[2:]]
+    pads = jax.lax.padtype_to_pads(spatial, window, strides, padding) if isinstance(padding, str) else padding
+    params = {
+        "window_strides": strides,
+        "padding": tuple(pads),
+        "lhs_dilation": (1, 1),
+        "rhs_dilation": dilation,
+        "dimension_numbers": numbers,
+        "feature_group_count": 1,
+        "batch_group_count": 1,
+        "precision": jax.lax.Precision.HIGHEST,
+        "preferred_element_type": None,
+    }
+    assert spans_input(params, lhs.shape, rhs.shape)
+
+    def reference(a: jax.Array, b: jax.Array) -> jax.Array:
+        return jax.lax.conv_general_dilated(a, b, **params)
+
+    def ours(a: jax.Array, b: jax.Array) -> jax.Array:
+        return conv_as_matmul(a, b, **params)
+
+    np.testing.assert_allclose(ours(lhs, rhs), reference(lhs, rhs), rtol=1e-5, atol=1e-5)
+    cotangent = jnp.asarray(rng.normal(size=reference(lhs, rhs).shape).astype(np.float32))
+    for got, want in zip(jax.vjp(ours, lhs, rhs)[1](cotangent), jax.vjp(reference, lhs, rhs)[1](cotangent), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_ordinary_convolutions_stay_convolutions() -> None:
+    numbers = jax.lax.conv_dimension_numbers((1, 8, 8, 3), (3, 3, 3, 4), ("NHWC", "HWIO", "NHWC"))
+    params = {
+        "window_strides": (1, 1),
+        "padding": ((1, 1), (1, 1)),
+        "lhs_dilation": (1, 1),
+        "rhs_dilation": (1, 1),
+        "dimension_numbers": numbers,
+        "feature_group_count": 1,
+        "batch_group_count": 1,
+        "preferred_element_type": None,
+    }
+    assert not spans_input(params, (1, 8, 8, 3), (3, 3, 3, 4))
+    assert not spans_input({**params, "feature_group_count": 3}, (1, 2, 2, 3), (3, 3, 1, 3))
+    assert spans_input(params, (1, 2, 2, 3), (3, 3, 3, 4))
+
+
+def test_engine_on_maps_narrower_than_their_kernels(tmp_path: Path) -> None:
+    module = tiny_models.ShrinkingNet()
+    variables = tiny_models.init_linen(module, seed=3)
+    model = load_model(f"{SPEC}:ShrinkingNet", save(tmp_path / "ckpt", variables))
+    engine = Engine(model.graph)
+    x = images(3)
+    logits = jax.vmap(engine.logits, in_axes=(None, 0))(model.variables, x)
+    np.testing.assert_allclose(logits, module.apply(variables, x), rtol=1e-5, atol=1e-5)
+    ours = jax.grad(lambda xi: engine.logits(model.variables, xi)[1])(jnp.asarray(x[0]))
+    direct = jax.grad(lambda xi: module.apply(variables, xi[None])[0, 1])(jnp.asarray(x[0]))
+    np.testing.assert_allclose(ours, direct, rtol=1e-4, atol=1e-6)

@@ -143,3 +143,18 @@ class SoftmaxHead(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
         return nn.softmax(nn.Dense(3, name="head")(x.mean(axis=(1, 2))))
+
+
+class ShrinkingNet(nn.Module):
+    """Strided convolutions down to a 2x2 map, then 3x3 and dilated kernels wider than that map."""
+
+    input_shape = (8, 8, 3)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Conv(4, (3, 3), name="conv1")(x))
+        x = nn.relu(nn.Conv(6, (3, 3), (2, 2), name="down1")(x))
+        x = nn.relu(nn.Conv(6, (3, 3), (2, 2), name="down2")(x))
+        x = nn.relu(nn.Conv(5, (3, 3), name="wide")(x))
+        x = nn.relu(nn.Conv(5, (2, 2), kernel_dilation=(2, 2), padding=((1, 1), (0, 1)), name="dilated")(x))
+        return nn.Dense(3, name="out")(x.reshape((x.shape[0], -1)))

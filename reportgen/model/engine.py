@@ -3,8 +3,9 @@
 An interpreter over the flattened jaxpr of `graph.py`. For one example it can return chosen layer
 outputs, add zero-valued probes to layer outputs (so that the gradient with respect to a probe is
 the gradient with respect to that activation), stop after the last equation the request needs,
-and swap the ReLU backward rule for guided backpropagation or deconvnet. Everything it does is
-ordinary JAX, so it composes with jit, vmap and grad.
+and swap the ReLU backward rule for guided backpropagation or deconvnet. A convolution whose
+kernel spans its input runs as a matrix product (`smallconv.py`). Everything it does is ordinary
+JAX, so it composes with jit, vmap and grad.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from reportgen.model.graph import Const, FlatJaxpr, Graph
+from reportgen.model.smallconv import conv_as_matmul, spans_input
 
 ReluRule = Literal["standard", "guided", "deconvnet", "redirected"]
 
@@ -143,6 +145,8 @@ def evaluate(
         if replacement is not None and i in replaced:
             x = next(a for v, a in zip(eqn.inputs, args, strict=True) if not isinstance(v, Const))
             outs = [replacement(x)]
+        elif eqn.primitive.name == "conv_general_dilated" and spans_input(eqn.params, args[0].shape, args[1].shape):
+            outs = [conv_as_matmul(*args, **eqn.params)]
         else:
             result = _bind(eqn.primitive, eqn.params, args)
             outs = list(result) if eqn.primitive.multiple_results else [result]
