@@ -49,7 +49,7 @@ def build(name: str, args: list[str], out: Path, cache: Path) -> dict[str, Any]:
         "seconds": round(seconds, 1),
         "peak_rss_gb": round(usage.ru_maxrss / 1024**2, 2),
         "plan": report["provenance"]["plan"],
-        "timings": report["timings"],
+        "timings": report["provenance"]["timings"],
     }
 
 
@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
             row = build(name, flags, root / "out" / name.replace(" ", "-").replace(",", ""), cache_dir)
             rows.append(row)
             print(f"{name:36s} {row['seconds']:7.1f} s   peak RSS {row['peak_rss_gb']:5.2f} GB", flush=True)
+            for stage in row["plan"]["stages"]:
+                print(f"    {stage['name']:30s} {stage['measured_seconds']:7.1f} s", flush=True)
     by_name = {row["name"]: row for row in rows}
     small, large = by_name.get("resnet18 64 images quick"), by_name.get("resnet18 1024 images quick")
     if small and large:

@@ -211,7 +211,9 @@ def test_wide_kernel_convolution_as_a_matrix_product(lhs_shape, rhs_shape, strid
 
     np.testing.assert_allclose(ours(lhs, rhs), reference(lhs, rhs), rtol=1e-5, atol=1e-5)
     cotangent = jnp.asarray(rng.normal(size=reference(lhs, rhs).shape).astype(np.float32))
-    for got, want in zip(jax.vjp(ours, lhs, rhs)[1](cotangent), jax.vjp(reference, lhs, rhs)[1](cotangent), strict=True):
+    for got, want in zip(
+        jax.vjp(ours, lhs, rhs)[1](cotangent), jax.vjp(reference, lhs, rhs)[1](cotangent), strict=True
+    ):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 

@@ -138,3 +138,24 @@ def test_crop_is_the_receptive_field(tiny: LoadedModel) -> None:
     corner = patches.crop(image, rf, 0, 0, fill=-1.0)
     np.testing.assert_array_equal(corner[2:, 2:], image[0:4, 0:4])
     assert (corner[:2] == -1).all() and (corner[:, :2] == -1).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_warp_equals_bilinear_map_coordinates_with_reflected_edges(seed: int) -> None:
+    image = jnp.asarray(np.random.default_rng(seed).uniform(0, 1, (9, 7, 3)).astype(np.float32))
+    config = featurevis.VisConfig(jitter=3, scale=(0.7, 1.3), rotation_deg=40.0)
+    key = jax.random.key(seed)
+    ours = featurevis.random_transform(image, key, config)
+    # The same random draws, then scipy-style bilinear sampling channel by channel.
+    k_shift, k_scale, k_angle = jax.random.split(key, 3)
+    shift = jax.random.randint(k_shift, (2,), -3, 4).astype(jnp.float32)
+    scale = jax.random.uniform(k_scale, (), minval=0.7, maxval=1.3)
+    angle = jnp.deg2rad(jax.random.uniform(k_angle, (), minval=-40.0, maxval=40.0))
+    yy, xx = np.mgrid[0:9, 0:7].astype(np.float32)
+    y, x = yy - 4 - shift[0], xx - 3 - shift[1]
+    sy = (jnp.cos(angle) * y - jnp.sin(angle) * x) / scale + 4
+    sx = (jnp.sin(angle) * y + jnp.cos(angle) * x) / scale + 3
+    assert float(jnp.abs(sy - yy).max()) > 1.0  # a real warp, reaching past the edges
+    for ch in range(3):
+        expected = jax.scipy.ndimage.map_coordinates(image[..., ch], [sy, sx], order=1, mode="reflect")
+        np.testing.assert_allclose(ours[..., ch], expected, rtol=1e-5, atol=1e-6)

@@ -102,8 +102,19 @@ def to_image(config: VisConfig, params: jax.Array, shape: tuple[int, int, int], 
     return jax.nn.sigmoid(raw)
 
 
+def _reflect(index: jax.Array, size: int) -> jax.Array:
+    """Integer indices folded into [0, size) by half-sample symmetric reflection (d c b a | a b c d),
+    the "reflect" mode of `scipy.ndimage`."""
+    folded = jnp.mod(index, 2 * size)
+    return jnp.where(folded < size, folded, 2 * size - 1 - folded)
+
+
 def random_transform(image: jax.Array, key: jax.Array, config: VisConfig) -> jax.Array:
-    """Jitter, scale and rotate about the centre in one bilinear warp (edges reflected)."""
+    """Jitter, scale and rotate about the centre in one bilinear warp (edges reflected).
+
+    The four neighbours of every source point are read for all channels in one gather, which
+    compiles in a fraction of the time of per-channel `map_coordinates` and gives the same values.
+    """
     h, w, c = image.shape
     k_shift, k_scale, k_angle = jax.random.split(key, 3)
     shift = jax.random.randint(k_shift, (2,), -config.jitter, config.jitter + 1).astype(jnp.float32)
@@ -115,10 +126,14 @@ def random_transform(image: jax.Array, key: jax.Array, config: VisConfig) -> jax
     cos, sin = jnp.cos(angle), jnp.sin(angle)
     sy = (cos * y - sin * x) / scale + cy
     sx = (sin * y + cos * x) / scale + cx
-    return jnp.stack(
-        [jax.scipy.ndimage.map_coordinates(image[..., ch], [sy, sx], order=1, mode="reflect") for ch in range(c)],
-        axis=-1,
-    )
+    y0, x0 = jnp.floor(sy), jnp.floor(sx)
+    ty, tx = sy - y0, sx - x0
+    rows = [_reflect(y0.astype(jnp.int32) + d, h) for d in (0, 1)]
+    cols = [_reflect(x0.astype(jnp.int32) + d, w) for d in (0, 1)]
+    index = jnp.stack([rows[a] * w + cols[b] for a in (0, 1) for b in (0, 1)])  # (4, H, W)
+    weight = jnp.stack([wy * wx for wy in (1 - ty, ty) for wx in (1 - tx, tx)])
+    corners = image.reshape(h * w, c)[index.reshape(-1)].reshape(4, h, w, c)
+    return (corners * weight[..., None]).sum(axis=0)
 
 
 def total_variation(image: jax.Array) -> jax.Array:

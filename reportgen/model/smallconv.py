@@ -54,9 +54,7 @@ def conv_as_matmul(lhs: jax.Array, rhs: jax.Array, **params: Any) -> jax.Array:
     pads = [(0, 0, 0), *[(low, high, 0) for low, high in params["padding"]], (0, 0, 0)]
     x = lax.pad(x, jnp.zeros((), x.dtype), pads)
     kernel = w.shape[:-2]
-    out = [
-        (x.shape[1 + d] - (k - 1) * dilation[d] - 1) // strides[d] + 1 for d, k in enumerate(kernel)
-    ]
+    out = [(x.shape[1 + d] - (k - 1) * dilation[d] - 1) // strides[d] + 1 for d, k in enumerate(kernel)]
     taps = []
     for offset in itertools.product(*(range(k) for k in kernel)):
         start = [o * r for o, r in zip(offset, dilation, strict=True)]
