@@ -232,6 +232,7 @@ class StagePlan:
     flops: float  # estimated FLOPs of the stage
     estimated_seconds: float
     estimated_bytes: int
+    layers: tuple[str, ...] = ()  # feature visualisation: the conv layers whose filters it optimises
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,9 @@ class Plan:
         """Estimated wall time of all stages."""
         return sum(stage.estimated_seconds for stage in self.stages)
 
+
+CLASS_STAGE = "visualise classes"
+"""The stage that synthesises an image per class."""
 
 COMPILE_SECONDS = {"cpu": 3.0, "gpu": 5.0, "tpu": 10.0}
 """Rough compilation time of one stage's programs (a cold cache), added to its estimate."""
@@ -338,15 +342,19 @@ def stage_plans(
     ]
     vis = settings.visualisation
     per_filter = vis.images_per_filter
-    for layer, filters in work.vis_filters.items():
-        chunk = spread(passes.gradient_at(cost, layer) // per_filter, filters, passes.workers, devices)
-        flops = filters * vis.steps * per_filter * 2 * cost.layer_flops[layer]
-        nbytes = chunk * per_filter * int(GRADIENT_MEMORY * cost.layer_bytes[layer])
-        stages.append(stage(f"visualise {layer}", chunk, 0, flops, nbytes))
+    flops_per_filter = vis.steps * per_filter * 2
+    for layers in vis_groups(work.vis_filters, cost.layer_flops, flops_per_filter / throughput, compile_seconds):
+        deepest = layers[-1]
+        filters = sum(work.vis_filters[layer] for layer in layers)
+        chunk = spread(passes.gradient_at(cost, deepest) // per_filter, filters, passes.workers, devices)
+        flops = filters * flops_per_filter * cost.layer_flops[deepest]
+        nbytes = chunk * per_filter * int(GRADIENT_MEMORY * cost.layer_bytes[deepest])
+        plan = stage(vis_stage_name(layers), chunk, 0, flops, nbytes)
+        stages.append(dataclasses.replace(plan, layers=layers))
     class_chunk = spread(passes.gradient // per_filter, work.classes, passes.workers, devices)
     stages.append(
         stage(
-            "visualise classes",
+            CLASS_STAGE,
             class_chunk,
             0,
             work.classes * settings.visualisation.class_steps * settings.visualisation.images_per_filter * 2 * f,
@@ -360,6 +368,37 @@ def stage_plans(
     charts = 2 * len(graph.layers) + 3
     stages.append(StagePlan("figures", 0, 0, 0.0, figures * FIGURE_SECONDS + charts * CHART_SECONDS, 0))
     return stages
+
+
+def vis_groups(
+    filters: dict[str, int], depth_flops: dict[str, int], seconds_per_flop: float, compile_seconds: float
+) -> list[tuple[str, ...]]:
+    """Consecutive conv layers (in depth order) whose filters are visualised by one program.
+
+    A group evaluates the model up to its deepest layer for every filter in it: merging layers
+    spends FLOPs to save a compilation (seconds each on a CPU, minutes in all on a deep network
+    with few filters per layer). A layer joins the group before it when the estimate says that is
+    faster.
+    """
+
+    def seconds(group: tuple[str, ...]) -> float:
+        deepest = max(depth_flops[layer] for layer in group)
+        return sum(filters[layer] for layer in group) * deepest * seconds_per_flop + compile_seconds
+
+    groups: list[tuple[str, ...]] = []
+    for layer in filters:
+        if groups and seconds((*groups[-1], layer)) <= seconds(groups[-1]) + seconds((layer,)):
+            groups[-1] = (*groups[-1], layer)
+        else:
+            groups.append((layer,))
+    return groups
+
+
+def vis_stage_name(layers: tuple[str, ...]) -> str:
+    """The stage that visualises these layers' filters."""
+    if len(layers) == 1:
+        return f"visualise {layers[0]}"
+    return f"visualise {layers[0]} to {layers[-1]} ({len(layers)} layers)"
 
 
 def scaled(work: Workload, fraction: float) -> Workload:

@@ -213,12 +213,9 @@ def build(
     explained = display_indices(probe.labels, settings.attribution.images)
     runner = attribution.runner_for(engine, model, settings, black)
     attributed = attribution.run(runner, model, inputs, probe.labels, explained, settings, build_plan.passes, progress)
-    vis_chunks = {
-        s.name.removeprefix("visualise "): s.chunk for s in build_plan.stages if s.name.startswith("visualise ")
-    }
     class_order = np.argsort(-np.bincount(pred.predicted, minlength=model.graph.num_classes), kind="stable")
     filter_vis, class_vis = visualisation.run(
-        engine, model, probe.images, stats, layer_stats, settings, vis_chunks, class_order, progress
+        engine, model, probe.images, stats, layer_stats, settings, build_plan.stages, class_order, progress
     )
     vis_by_layer = {v.layer: v for v in filter_vis}
     parameters = dict(zip(leaf_paths(model.variables), jax.tree.leaves(model.variables), strict=True))

@@ -4,7 +4,7 @@ conv layer and for every class, and each filter's top activating probe patches."
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +16,8 @@ from reportgen.compute import example_keys, iterate_examples
 from reportgen.config import Preprocess, Settings
 from reportgen.model.engine import Engine
 from reportgen.model.load import LoadedModel
+from reportgen.plan import CLASS_STAGE, StagePlan
 from reportgen.progress import Progress
-
-CLASSES = "classes"
-"""Key of the class visualisation in the per-layer chunk sizes."""
 
 
 def visualised_layers(model: LoadedModel) -> list[str]:
@@ -117,45 +115,57 @@ def run(
     stats: Mapping[str, Mapping[str, np.ndarray]],
     layer_stats: Mapping[str, LayerStatistics],
     settings: Settings,
-    chunks: Mapping[str, int],
+    stages: Sequence[StagePlan],
     class_order: np.ndarray,
     progress: Progress,
 ) -> tuple[list[FilterVisualisation], ClassVisualisation]:
-    """Visualise the filters of every conv layer and every class; `chunks` gives the filters
-    optimised at once per layer name (and the classes at once under `CLASSES`); the first
-    `vis_classes` of `class_order` are visualised (all with 0)."""
+    """Visualise the filters of every conv layer and every class, as the planned `stages` say:
+    each stage with `layers` optimises those layers' filters together, `chunk` at once, and the
+    class stage the first `visualisation.classes` of `class_order` (all with 0).
+
+    A filter's key comes from the seed, its layer's position and its index, so its image does not
+    depend on which layers share its stage."""
     config = vis_config(settings)
     shape = model.input_shape
     basis = featurevis.colour_basis(probe_images)
     pre = preprocessing(settings.preprocess, shape[-1])
-    conv_layers = [model.graph.layer(name) for name in visualised_layers(model)]
+    streams = {name: stream for stream, name in enumerate(visualised_layers(model), start=1)}
     results = []
-    for stream, layer in enumerate(conv_layers, start=1):
-        filters, selection = chosen_filters(layer_stats[layer.name], settings.visualisation.filters)
-        progress.start(f"visualise {layer.name}", len(filters))
-        objective = featurevis.layer_objective(engine, layer.name, config.objective)
-        vis = featurevis.visualise(objective, config, shape, basis, pre)
-        keys = example_keys(settings.seed, filters, stream)
-        images, values = optimise(vis, model.variables, filters, keys, chunks.get(layer.name, 1), progress.advance)
-        progress.finish()
-        layer_stat = stats[layer.name]
-        probe_best = _probe_objective(layer_stat, config.objective)[filters]
-        results.append(
-            FilterVisualisation(
-                layer=layer.name,
-                filters=filters,
-                selection=selection,
-                images=images,
-                activation=values[:, 0],
-                probe_best=probe_best,
-                dead=np.isin(filters, layer_stats[layer.name].dead),
-                top=patches.top_patches(
-                    layer_stat["max"], layer_stat["argmax"], layer.output_shape[1], settings.layers.top_patches
-                ),
-            )
+    for stage in (s for s in stages if s.layers):
+        chosen = [chosen_filters(layer_stats[name], settings.visualisation.filters) for name in stage.layers]
+        slots = np.concatenate([np.full(len(f), k, np.int32) for k, (f, _) in enumerate(chosen)])
+        filters = np.concatenate([f for f, _ in chosen])
+        keys = np.concatenate(
+            [example_keys(settings.seed, f, streams[name]) for (f, _), name in zip(chosen, stage.layers, strict=True)]
         )
+        progress.start(stage.name, len(filters))
+        objective = featurevis.layers_objective(engine, stage.layers, config.objective)
+        vis = featurevis.visualise(objective, config, shape, basis, pre)
+        images, values = optimise(
+            vis, model.variables, np.stack([slots, filters], axis=1), keys, stage.chunk, progress.advance
+        )
+        progress.finish()
+        for k, (name, (layer_filters, selection)) in enumerate(zip(stage.layers, chosen, strict=True)):
+            rows = slots == k
+            layer = model.graph.layer(name)
+            layer_stat = stats[name]
+            results.append(
+                FilterVisualisation(
+                    layer=name,
+                    filters=layer_filters,
+                    selection=selection,
+                    images=images[rows],
+                    activation=values[rows, 0],
+                    probe_best=_probe_objective(layer_stat, config.objective)[layer_filters],
+                    dead=np.isin(layer_filters, layer_stats[name].dead),
+                    top=patches.top_patches(
+                        layer_stat["max"], layer_stat["argmax"], layer.output_shape[1], settings.layers.top_patches
+                    ),
+                )
+            )
     classes = np.sort(class_order[: settings.visualisation.classes or len(class_order)]).astype(np.int32)
-    progress.start("visualise classes", len(classes))
+    class_stage = next(s for s in stages if s.name == CLASS_STAGE)
+    progress.start(CLASS_STAGE, len(classes))
     class_config = dataclasses.replace(
         config,
         steps=settings.visualisation.class_steps,
@@ -166,9 +176,10 @@ def run(
     )
     vis = featurevis.visualise(featurevis.logit_objective(engine), class_config, shape, basis, pre)
     keys = example_keys(settings.seed, classes)
-    images, values = optimise(vis, model.variables, classes, keys, chunks.get(CLASSES, 1), progress.advance)
+    images, values = optimise(vis, model.variables, classes, keys, class_stage.chunk, progress.advance)
     progress.finish()
-    return results, ClassVisualisation(classes, images, values[:, 0])
+    order = np.argsort([streams[r.layer] for r in results], kind="stable")
+    return [results[i] for i in order], ClassVisualisation(classes, images, values[:, 0])
 
 
 def _probe_objective(stat: Mapping[str, np.ndarray], objective: str) -> np.ndarray:

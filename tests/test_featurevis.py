@@ -58,9 +58,10 @@ def test_truncated_forward_gives_the_full_models_activation(tiny: LoadedModel) -
     engine = Engine(tiny.graph)
     x = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (8, 8, 3)).astype(np.float32))
     objective = featurevis.layer_objective(engine, "ResidualBlock_0/Conv_0", "channel_mean")
-    value, out = objective(tiny.variables, x, jnp.int32(3), "standard")
+    value, descriptor = objective(tiny.variables, x, jnp.int32(3), jnp.asarray(False))
     _, full = engine.forward(tiny.variables, x, ["ResidualBlock_0/Conv_0"])
-    np.testing.assert_allclose(out, full["ResidualBlock_0/Conv_0"], rtol=1e-6)
+    gram = np.einsum("hwc,hwd->cd", full["ResidualBlock_0/Conv_0"], full["ResidualBlock_0/Conv_0"]).ravel()
+    np.testing.assert_allclose(descriptor, gram / np.linalg.norm(gram), rtol=1e-5, atol=1e-7)
     assert float(value) == pytest.approx(float(full["ResidualBlock_0/Conv_0"][..., 3].mean()), rel=1e-6)
 
 
@@ -95,6 +96,36 @@ def test_vmapped_filters_equal_a_per_filter_loop_and_seeds_repeat(tiny: LoadedMo
     again, _ = optimise(4)
     np.testing.assert_array_equal(batched, again)
     assert batched.shape == (5, 1, 8, 8, 3) and batched.min() >= 0 and batched.max() <= 1
+
+
+def test_layers_visualised_together_equal_each_layer_alone(tiny: LoadedModel) -> None:
+    # The deeper target sits behind conv1's ReLU: redirecting conv1's ReLU for its filters too
+    # (during the first quarter of the steps) would change their images.
+    engine = Engine(tiny.graph)
+    layers = ["conv1", "ResidualBlock_0/BatchNorm_0"]
+    config = featurevis.VisConfig(steps=12)
+    pre = featurevis.Preprocessing(1.0, np.zeros(3, np.float32), np.ones(3, np.float32))
+    filters = [np.array([0, 2, 5], np.int32), np.array([1, 3, 7, 4], np.int32)]
+    slots = np.repeat(np.arange(2, dtype=np.int32), [3, 4])
+    keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(1), 7)))
+
+    def optimise(objective: featurevis.Objective, indices: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        vis = featurevis.visualise(objective, config, (8, 8, 3), np.eye(3), pre)
+        images, _ = iterate_examples(
+            vis.init, vis.step, vis.steps, vis.finish, (tiny.variables,), indices, keys[rows], chunk=4
+        )
+        return images
+
+    together = optimise(
+        featurevis.layers_objective(engine, layers, "channel_mean"),
+        np.stack([slots, np.concatenate(filters)], axis=1),
+        np.arange(7),
+    )
+    alone = [
+        optimise(featurevis.layer_objective(engine, name, "channel_mean"), f, np.flatnonzero(slots == k))
+        for k, (name, f) in enumerate(zip(layers, filters, strict=True))
+    ]
+    np.testing.assert_allclose(together, np.concatenate(alone), rtol=1e-4, atol=1e-5)
 
 
 def test_api_shapes_and_diversity(tiny: LoadedModel) -> None:

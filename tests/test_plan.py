@@ -175,3 +175,15 @@ def test_progress_writes_one_line_per_stage_with_the_time_left() -> None:
     assert lines[0].startswith("first") and "left" in lines[0]
     assert lines[1].startswith("second") and "left" not in lines[1]
     assert set(progress.peaks) == {"first", "second"} and progress.peaks["first"] > 0
+
+
+def test_layers_share_a_visualisation_program_only_when_that_is_faster() -> None:
+    # 4 filters each; 1 s per FLOP of a filter's optimisation; a compilation costs 10 s.
+    # Shallow then deep: 4·1 + 10 and 4·100 + 10 alone, 8·100 + 10 together -> apart.
+    assert plan.vis_groups({"a": 4, "b": 4}, {"a": 1, "b": 100}, 1.0, 10.0) == [("a",), ("b",)]
+    # Similar depths: 14 + 18 alone against 8·2 + 10 = 26 together -> one program.
+    assert plan.vis_groups({"a": 4, "b": 4}, {"a": 1, "b": 2}, 1.0, 10.0) == [("a", "b")]
+    # Free compilation never merges; a third layer joins only the group just before it.
+    assert plan.vis_groups({"a": 1, "b": 1}, {"a": 1, "b": 2}, 1.0, 0.0) == [("a",), ("b",)]
+    three = plan.vis_groups({"a": 4, "b": 4, "c": 1}, {"a": 1, "b": 100, "c": 101}, 1.0, 10.0)
+    assert three == [("a",), ("b", "c")]

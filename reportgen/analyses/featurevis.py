@@ -7,12 +7,13 @@ and rotation each step, total variation, L2 and blur penalties, and an image par
 1/f-scaled Fourier spectrum in a decorrelated colour space. The colour basis is measured on the
 model's own probe images rather than borrowed from ImageNet.
 
-Written for one filter (or class); `compute.map_examples` vmaps it across filters.
+Written for one filter (or class); `compute.iterate_examples` vmaps it across filters, which may
+belong to several layers at once (`layers_objective`), so that one compiled program serves them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,39 +143,63 @@ def total_variation(image: jax.Array) -> jax.Array:
 
 
 def _gram(activation: jax.Array) -> jax.Array:
+    """The channels' Gram matrix, flattened and scaled to unit norm (a style descriptor)."""
     flat = activation.reshape(-1, activation.shape[-1])
     gram = flat.T @ flat
     return gram.ravel() / (jnp.linalg.norm(gram) + 1e-8)
 
 
 Objective = Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
-"""(variables, model-space image, filter or class index, redirect flag) -> (score, output)."""
+"""(variables, model-space image, target index, redirect flag) -> (score to maximise, the unit-norm
+Gram descriptor of the target layer's output that the diversity penalty compares)."""
+
+
+def layers_objective(engine: Engine, layers: Sequence[str], kind: str) -> Objective:
+    """An objective for the filters of several layers in one program: the target index is
+    (position in `layers`, filter). The model is evaluated up to the deepest of them, and only the
+    target layer's ReLU redirects gradients while `redirect` is true, so each filter's value and
+    gradient equal those of `layer_objective` for its own layer. `kind`: the channel's spatial
+    mean, or its centre unit."""
+    if kind not in OBJECTIVES:
+        raise ValueError(f"unknown objective {kind!r}; choose one of {OBJECTIVES}")
+    layers = list(layers)
+
+    def objective(variables: Any, x: jax.Array, index: jax.Array, redirect: jax.Array) -> tuple[jax.Array, jax.Array]:
+        slot, channel = index[0], index[1]
+        flags = {name: redirect & (slot == k) for k, name in enumerate(layers)}
+        outs = engine.layer_outputs(variables, x, layers, relu="redirected", relu_layers=layers, redirect=flags)
+        scores, grams = [], []
+        for name in layers:
+            out = outs[name]
+            unit = jnp.take(out, jnp.minimum(channel, out.shape[-1] - 1), axis=-1)
+            centre = kind == "centre" and unit.ndim == 2
+            scores.append(unit[unit.shape[0] // 2, unit.shape[1] // 2] if centre else unit.mean())
+            grams.append(_gram(out))
+        width = max(g.shape[0] for g in grams)
+        padded = jnp.stack([jnp.pad(g, (0, width - g.shape[0])) for g in grams])
+        return jnp.stack(scores)[slot], padded[slot]
+
+    return objective
 
 
 def layer_objective(engine: Engine, layer: str, kind: str) -> Objective:
-    """(variables, model-space image, filter, redirect) -> (score to maximise, the layer output),
+    """(variables, model-space image, filter, redirect) -> (score to maximise, descriptor),
     evaluating the model only up to `layer`, whose ReLU redirects gradients while `redirect` is
     true. `kind`: the channel's spatial mean, or its centre unit."""
-    if kind not in OBJECTIVES:
-        raise ValueError(f"unknown objective {kind!r}; choose one of {OBJECTIVES}")
+    group = layers_objective(engine, [layer], kind)
 
     def objective(variables: Any, x: jax.Array, index: jax.Array, redirect: jax.Array) -> tuple[jax.Array, jax.Array]:
-        outs = engine.layer_outputs(variables, x, [layer], relu="redirected", relu_layers=[layer], redirect=redirect)
-        out = outs[layer]
-        channel = jnp.take(out, index, axis=-1)
-        if kind == "centre" and channel.ndim == 2:
-            return channel[channel.shape[0] // 2, channel.shape[1] // 2], out
-        return channel.mean(), out
+        return group(variables, x, jnp.stack([jnp.zeros_like(index), index]), redirect)
 
     return objective
 
 
 def logit_objective(engine: Engine) -> Objective:
-    """(variables, model-space image, class) -> (the class logit, before softmax; the logits)."""
+    """(variables, model-space image, class) -> (the class logit, before softmax; descriptor)."""
 
     def objective(variables: Any, x: jax.Array, index: jax.Array, redirect: jax.Array) -> tuple[jax.Array, jax.Array]:
         logits = engine.logits(variables, x)
-        return jnp.take(logits, index), logits
+        return jnp.take(logits, index), _gram(logits)
 
     return objective
 
@@ -218,12 +243,11 @@ def visualise(
         images = jax.vmap(lambda p: to_image(config, p, shape, basis))(params)
         keys = jax.random.split(key, count)
         warped = jax.vmap(lambda image, k: random_transform(image, k, config))(images, keys)
-        scores, outs = jax.vmap(lambda image: objective(variables, preprocess(image), index, redirect))(warped)
+        scores, grams = jax.vmap(lambda image: objective(variables, preprocess(image), index, redirect))(warped)
         penalty = config.tv_weight * jax.vmap(total_variation)(images).mean()
         penalty += config.l2_weight * ((images - 0.5) ** 2).mean()
         penalty += config.blur_weight * jax.vmap(lambda im: ((im - blur(im, 1.0)) ** 2).mean())(images).mean()
         if count > 1 and config.diversity_weight > 0:
-            grams = jax.vmap(_gram)(outs)
             similarity = grams @ grams.T
             penalty += config.diversity_weight * (similarity.sum() - jnp.trace(similarity)) / (count * (count - 1))
         return -scores.mean() + penalty

@@ -112,6 +112,16 @@ def _bind(primitive: Any, params: dict[str, Any], args: list[Any]) -> Any:
     return primitive.bind(*subfuns, *args, **bind_params)
 
 
+def _flag(redirect: jax.Array | Mapping[int, jax.Array] | None, eqn: int) -> jax.Array:
+    """The "redirected" rule's flag for one ReLU equation: always on without a flag, one flag
+    for all, or the equation's own (off when the mapping leaves it out)."""
+    if redirect is None:
+        return jnp.asarray(True)
+    if isinstance(redirect, Mapping):
+        return jnp.asarray(redirect.get(eqn, False), bool)
+    return jnp.asarray(redirect, bool)
+
+
 def evaluate(
     graph: Graph,
     leaves: Sequence[jax.Array],
@@ -120,13 +130,14 @@ def evaluate(
     probes: Mapping[int, jax.Array] | None = None,
     relu: ReluRule = "standard",
     relu_at: frozenset[int] | None = None,
-    redirect: jax.Array | None = None,
+    redirect: jax.Array | Mapping[int, jax.Array] | None = None,
 ) -> list[jax.Array]:
     """Values of the target variables for one example, computing only what they need.
 
     `probes` maps variable ids to arrays added to those variables as soon as they are computed.
     `relu` replaces the backward rule of every ReLU, or only of the ReLU equations in `relu_at`;
-    the "redirected" rule redirects while the boolean `redirect` is true (default: always).
+    the "redirected" rule redirects while the boolean `redirect` is true (default: always), or,
+    with a mapping from equation index to flag, while that equation's flag is.
     """
     flat = graph.flat
     probes = probes or {}
@@ -134,17 +145,13 @@ def evaluate(
     for vid in flat.inputs:
         if vid in probes:
             env[vid] = env[vid] + probes[vid]
-    replacement = _RELUS.get(relu)
-    if relu == "redirected":
-        flag = jnp.asarray(True) if redirect is None else jnp.asarray(redirect, bool)
-        replacement = lambda x: redirected_relu(x, flag)  # noqa: E731
-    replaced = graph.relu_eqns if relu_at is None else graph.relu_eqns & relu_at
+    replaced = frozenset() if relu == "standard" else graph.relu_eqns if relu_at is None else graph.relu_eqns & relu_at
     for i in _needed_eqns(flat, targets):
         eqn = flat.eqns[i]
         args = [v.value if isinstance(v, Const) else env[v] for v in eqn.inputs]
-        if replacement is not None and i in replaced:
+        if i in replaced:
             x = next(a for v, a in zip(eqn.inputs, args, strict=True) if not isinstance(v, Const))
-            outs = [replacement(x)]
+            outs = [redirected_relu(x, _flag(redirect, i)) if relu == "redirected" else _RELUS[relu](x)]
         elif eqn.primitive.name == "conv_general_dilated" and spans_input(eqn.params, args[0].shape, args[1].shape):
             outs = [conv_as_matmul(*args, **eqn.params)]
         else:
@@ -193,16 +200,22 @@ class Engine:
         names: Sequence[str],
         relu: ReluRule = "standard",
         relu_layers: Sequence[str] | None = None,
-        redirect: jax.Array | None = None,
+        redirect: jax.Array | Mapping[str, jax.Array] | None = None,
     ) -> dict[str, jax.Array]:
         """Outputs of the named layers for one example; stops after the last one needed.
 
         `relu` swaps the backward rule of every ReLU, or with `relu_layers` only of the ReLUs
-        that produce those layers' outputs; `redirect` is the flag of the "redirected" rule.
+        that produce those layers' outputs; `redirect` is the flag of the "redirected" rule, one
+        for all, or one per layer name (a layer left out never redirects).
         """
         relu_at = None if relu_layers is None else self.output_relus(relu_layers)
+        flags: jax.Array | Mapping[int, jax.Array] | None = (
+            {i: flag for name, flag in redirect.items() for i in self.output_relus([name])}
+            if isinstance(redirect, Mapping)
+            else redirect
+        )
         leaves = jax.tree.leaves(variables)
-        values = evaluate(self.graph, leaves, image, self._vars(names), relu=relu, relu_at=relu_at, redirect=redirect)
+        values = evaluate(self.graph, leaves, image, self._vars(names), relu=relu, relu_at=relu_at, redirect=flags)
         return {n: v[0] for n, v in zip(names, values, strict=True)}
 
     def output_relus(self, names: Sequence[str]) -> frozenset[int]:

@@ -62,4 +62,4 @@ def conv_as_matmul(lhs: jax.Array, rhs: jax.Array, **params: Any) -> jax.Array:
         taps.append(lax.slice(x, [0, *start, 0], [x.shape[0], *limit, x.shape[-1]], [1, *strides, 1]))
     patches = jnp.concatenate(taps, axis=-1)  # (N, out..., taps * C), tap-major like w
     y = jnp.matmul(patches, w.reshape(-1, w.shape[-1]), precision=params.get("precision"))
-    return jnp.transpose(y, np.argsort([out_spec[0], *out_spec[2:], out_spec[1]]))
+    return jnp.transpose(y, [int(d) for d in np.argsort([out_spec[0], *out_spec[2:], out_spec[1]])])
