@@ -99,16 +99,6 @@ def model_cost(graph: Graph) -> ModelCost:
     )
 
 
-@dataclass(frozen=True)
-class Device:
-    """The devices a build runs on."""
-
-    platform: str  # "cpu", "gpu" or "tpu"
-    count: int
-    free_bytes: int  # free memory the budget is taken from (host RAM on CPU)
-    throughput: float  # measured FLOP/s of the model's forward pass, all devices together
-
-
 def free_memory() -> tuple[str, int, int]:
     """(platform, device count, free bytes): device memory where JAX reports it, else host RAM."""
     devices = jax.devices()
@@ -128,17 +118,42 @@ def _available_ram() -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
+@dataclass(frozen=True)
+class Throughput:
+    """What the device does with this model, measured before the build."""
+
+    forward: float  # FLOP/s of batched forward passes
+    gradient: float  # FLOP/s of batched forward + input-gradient passes (counted as 2 forward passes)
+    compile_seconds: float  # one gradient program's compilation (a load, when the cache has it)
+
+
 def measure_throughput(
-    logits: Any, variables: Any, input_shape: tuple[int, ...], cost: ModelCost, streams: int = 1
-) -> float:
-    """FLOP/s of the model's jit+vmap'd forward pass at a batch near saturation, run from
-    `streams` host threads at once (as the stages run), measured now."""
+    logits: Any, variables: Any, input_shape: tuple[int, ...], cost: ModelCost, passes: Budget
+) -> Throughput:
+    """The model's jit+vmap'd forward pass and input gradient, each at the batch the stages use,
+    run from `passes.workers` host threads at once (as the stages run), measured now. Gradient
+    passes are often much slower per FLOP than forward passes (on a CPU a deep network's
+    gradient batch of one runs at a third of the forward speed), so the plan times them apart."""
     platform = jax.devices()[0].platform
-    batch = int(np.clip(saturation(platform, "forward") / cost.forward_flops, 1, 256))
-    batch = -(-batch // jax.device_count()) * jax.device_count()
-    run = jax.jit(jax.vmap(logits, in_axes=(None, 0)))
+    forward_batch = int(np.clip(saturation(platform, "forward") / cost.forward_flops, 1, 256))
+    forward = jax.jit(jax.vmap(logits, in_axes=(None, 0)))
+    gradient = jax.jit(jax.vmap(jax.grad(lambda v, x: logits(v, x).sum(), argnums=1), in_axes=(None, 0)))
+    examples, seconds, first = _time(gradient, variables, input_shape, passes.gradient, passes.workers)
+    gradient_flops = examples * 2 * cost.forward_flops / seconds
+    examples, seconds, _ = _time(forward, variables, input_shape, forward_batch, passes.workers)
+    return Throughput(examples * cost.forward_flops / seconds, gradient_flops, max(0.0, first - seconds))
+
+
+def _time(run: Any, variables: Any, input_shape: tuple[int, ...], batch: int, streams: int) -> tuple[int, float, float]:
+    """(examples per round, seconds per round, seconds of the first call: compilation and one
+    run) of `run` at `batch` examples (whole devices), a round being one call from each of
+    `streams` threads at once; three rounds measured."""
+    devices = jax.device_count()
+    batch = -(-batch // devices) * devices
     x = jnp.zeros((batch, *input_shape), jnp.float32)
+    start = time.perf_counter()
     jax.block_until_ready(run(variables, x))
+    first = time.perf_counter() - start
     repeats = 3
 
     def stream(_: int) -> None:
@@ -148,8 +163,7 @@ def measure_throughput(
     start = time.perf_counter()
     with ThreadPoolExecutor(streams) as pool:
         list(pool.map(stream, range(streams)))
-    seconds = time.perf_counter() - start
-    return streams * repeats * batch * cost.forward_flops / seconds
+    return batch * streams, (time.perf_counter() - start) / repeats, first
 
 
 @dataclass(frozen=True)
@@ -241,7 +255,7 @@ class Plan:
     what was sampled to meet it."""
 
     passes: Budget
-    throughput: float  # measured FLOP/s of the model's forward pass
+    throughput: Throughput  # measured before the build
     time_budget: float  # seconds the profile promises (inf: none)
     stages: tuple[StagePlan, ...]
     settings: Any  # reportgen.config.Settings after sampling
@@ -263,8 +277,9 @@ class Plan:
 CLASS_STAGE = "visualise classes"
 """The stage that synthesises an image per class."""
 
-COMPILE_SECONDS = {"cpu": 3.0, "gpu": 5.0, "tpu": 10.0}
-"""Rough compilation time of one stage's programs (a cold cache), added to its estimate."""
+ATTRIBUTION_PROGRAMS = 6
+"""Compiled programs of the attribution stage, in units of one gradient program's compilation
+(measured on a ResNet-18: 24 s against 4 s)."""
 
 FIGURE_SECONDS = 0.01
 """Rough seconds to draw and encode one image figure (numpy tiles and PNG), for the estimate."""
@@ -295,7 +310,7 @@ def attribution_passes(settings: Any, cam_channels: int, windows: int) -> tuple[
 
 
 def stage_plans(
-    settings: Any, graph: Graph, cost: ModelCost, passes: Budget, throughput: float, work: Workload
+    settings: Any, graph: Graph, cost: ModelCost, passes: Budget, throughput: Throughput, work: Workload
 ) -> list[StagePlan]:
     """Every stage's batching, FLOPs, time and memory for `work`."""
     from reportgen.analyses.occlusion import window_masks
@@ -306,50 +321,56 @@ def stage_plans(
     cam_channels = graph.layer(graph.cam_layer).output_shape[-1]
     grad_passes, fwd_passes = attribution_passes(settings, cam_channels, windows)
     f = cost.forward_flops
-    per_example = 2 * f * grad_passes + f * fwd_passes
     curve_points = 2 * 12 * (settings.attribution.faithfulness_steps + 1)
     grad_bytes = int(GRADIENT_MEMORY * cost.activation_bytes)
     fwd_bytes = int(FORWARD_MEMORY * cost.activation_bytes)
+    compile_seconds = throughput.compile_seconds
 
-    compile_seconds = COMPILE_SECONDS.get(jax.devices()[0].platform, 5.0)
-
-    def stage(name: str, chunk: int, inner: int, flops: float, nbytes: int) -> StagePlan:
-        return StagePlan(name, chunk, inner, flops, flops / throughput + compile_seconds, nbytes)
+    def stage(
+        name: str, chunk: int, inner: int, forward: float, gradient: float, nbytes: int, programs: int = 1
+    ) -> StagePlan:
+        """A stage of `forward` FLOPs of forward passes and `gradient` FLOPs of gradient passes."""
+        seconds = forward / throughput.forward + gradient / throughput.gradient + programs * compile_seconds
+        return StagePlan(name, chunk, inner, forward + gradient, seconds, nbytes)
 
     forward_chunk = spread(passes.forward, work.probe_images, passes.workers, devices)
     a_chunk, a_inner = split(passes.gradient, work.attribution_images, max(settings.attribution.smoothgrad_samples, 2))
     f_chunk, f_inner = split(passes.forward, work.attribution_images, curve_points)
+    explained, checked = work.attribution_images, work.sanity_stages * work.sanity_images
     stages = [
-        stage("forward pass", forward_chunk, 0, work.probe_images * f, forward_chunk * fwd_bytes),
-        stage("activation maps", forward_chunk, 0, work.shown_images * f, forward_chunk * fwd_bytes),
+        stage("forward pass", forward_chunk, 0, work.probe_images * f, 0, forward_chunk * fwd_bytes),
+        stage("activation maps", forward_chunk, 0, work.shown_images * f, 0, forward_chunk * fwd_bytes),
         stage(
-            "attribution maps", a_chunk, a_inner, work.attribution_images * per_example, a_chunk * a_inner * grad_bytes
+            "attribution maps",
+            a_chunk,
+            a_inner,
+            explained * f * fwd_passes,
+            explained * 2 * f * grad_passes,
+            a_chunk * a_inner * grad_bytes,
+            ATTRIBUTION_PROGRAMS,
         ),
-        stage(
-            "faithfulness curves",
-            f_chunk,
-            f_inner,
-            work.attribution_images * curve_points * f,
-            f_chunk * f_inner * fwd_bytes,
-        ),
+        stage("faithfulness curves", f_chunk, f_inner, explained * curve_points * f, 0, f_chunk * f_inner * fwd_bytes),
         stage(
             "sanity check",
             a_chunk,
             a_inner,
-            work.sanity_stages * work.sanity_images * per_example,
+            checked * f * fwd_passes,
+            checked * 2 * f * grad_passes,
             a_chunk * a_inner * grad_bytes,
+            0,  # the attribution programs, already compiled
         ),
     ]
     vis = settings.visualisation
     per_filter = vis.images_per_filter
     flops_per_filter = vis.steps * per_filter * 2
-    for layers in vis_groups(work.vis_filters, cost.layer_flops, flops_per_filter / throughput, compile_seconds):
+    per_flop = flops_per_filter / throughput.gradient
+    for layers in vis_groups(work.vis_filters, cost.layer_flops, per_flop, compile_seconds):
         deepest = layers[-1]
         filters = sum(work.vis_filters[layer] for layer in layers)
         chunk = spread(passes.gradient_at(cost, deepest) // per_filter, filters, passes.workers, devices)
         flops = filters * flops_per_filter * cost.layer_flops[deepest]
         nbytes = chunk * per_filter * int(GRADIENT_MEMORY * cost.layer_bytes[deepest])
-        plan = stage(vis_stage_name(layers), chunk, 0, flops, nbytes)
+        plan = stage(vis_stage_name(layers), chunk, 0, 0, flops, nbytes)
         stages.append(dataclasses.replace(plan, layers=layers))
     class_chunk = spread(passes.gradient // per_filter, work.classes, passes.workers, devices)
     stages.append(
@@ -357,8 +378,9 @@ def stage_plans(
             CLASS_STAGE,
             class_chunk,
             0,
-            work.classes * settings.visualisation.class_steps * settings.visualisation.images_per_filter * 2 * f,
-            class_chunk * settings.visualisation.images_per_filter * grad_bytes,
+            0,
+            work.classes * vis.class_steps * per_filter * 2 * f,
+            class_chunk * per_filter * grad_bytes,
         )
     )
     figures = len(graph.layers) * (
@@ -423,7 +445,9 @@ def replaced(settings: Settings, name: str, value: Any) -> Settings:
     return dataclasses.replace(settings, **{table: dataclasses.replace(getattr(settings, table), **{field: value})})
 
 
-def make_plan(settings: Any, graph: Graph, cost: ModelCost, passes: Budget, throughput: float, work: Workload) -> Plan:
+def make_plan(
+    settings: Any, graph: Graph, cost: ModelCost, passes: Budget, throughput: Throughput, work: Workload
+) -> Plan:
     """The plan of a build: the full workload when its estimate fits the profile's time budget,
     else every reducible count (most active filters, most predicted classes, explained images,
     sanity images and stages) scaled down by one common fraction until it does."""

@@ -257,6 +257,7 @@ class PlanRecord:
     time_budget_seconds: float | None
     estimated_seconds: float | None
     stages: tuple[PlanStage, ...]
+    gradient_gflops_per_second: float | None = None  # absent from reports written before it was measured
 
 
 @dataclass(frozen=True)

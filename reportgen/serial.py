@@ -77,10 +77,11 @@ def from_json(annotation: Any, data: Any, where: str = "$") -> Any:
             raise SchemaError(f"{where}: unexpected field {unknown[0]!r}")
         hints = _hints(annotation)
         values = {}
-        for name in sorted(names):
-            if name not in data:
-                raise SchemaError(f"{where}: missing field {name!r}")
-            values[name] = from_json(hints[name], data[name], f"{where}.{name}")
+        for field in sorted(dataclasses.fields(annotation), key=lambda f: f.name):
+            if field.name in data:
+                values[field.name] = from_json(hints[field.name], data[field.name], f"{where}.{field.name}")
+            elif field.default is dataclasses.MISSING:
+                raise SchemaError(f"{where}: missing field {field.name!r}")
         return annotation(**values)
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Literal:
@@ -142,7 +143,7 @@ def json_schema(root: type, schema_id: str, title: str) -> dict[str, Any]:
                     "type": "object",
                     "description": (annotation.__doc__ or "").strip().splitlines()[0],
                     "properties": {f.name: describe(hints[f.name]) for f in fields},
-                    "required": [f.name for f in fields],
+                    "required": [f.name for f in fields if f.default is dataclasses.MISSING],
                     "additionalProperties": False,
                 }
             return {"$ref": f"#/$defs/{name}"}

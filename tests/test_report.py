@@ -15,7 +15,7 @@ import pytest
 import tiny_models
 from conftest import SPEC, linen_variables, write_png
 
-from reportgen import config, findings, report, results
+from reportgen import config, findings, report, results, serial
 from reportgen.data import read_probe
 from reportgen.errors import UserError
 
@@ -101,6 +101,16 @@ def test_report_json_validates_against_the_shipped_schema_and_reads_back(built: 
         jsonschema.validate(broken, shipped)
     assert "NaN" not in text and "Infinity" not in text
     assert results.dumps(results.load(built)) == text  # to_json(from_json(x)) == x
+    # A report written before a field with a default existed still reads; any other gap does not.
+    plan = data["provenance"]["plan"]
+    assert plan["gradient_gflops_per_second"] > 0
+    older = json.loads(text)
+    del older["provenance"]["plan"]["gradient_gflops_per_second"]
+    jsonschema.validate(older, shipped)
+    assert serial.from_json(results.Report, older).provenance.plan.gradient_gflops_per_second is None
+    del older["provenance"]["plan"]["forward_gflops_per_second"]
+    with pytest.raises(serial.SchemaError, match="missing field 'forward_gflops_per_second'"):
+        serial.from_json(results.Report, older)
 
 
 def test_numbers_agree_with_a_direct_computation(built: Path, tiny_probe: Path) -> None:
