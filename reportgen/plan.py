@@ -277,14 +277,21 @@ class Plan:
 CLASS_STAGE = "visualise classes"
 """The stage that synthesises an image per class."""
 
-ATTRIBUTION_PROGRAMS = 6
-"""Compiled programs of the attribution stage, in units of one gradient program's compilation
-(measured on a ResNet-18: 24 s against 4 s)."""
+ATTRIBUTION_PROGRAMS = 9
+"""Compilation of the attribution stage's programs, in units of one gradient program's (measured
+on a ResNet-18 at 64x64: 27 s against 3 s)."""
+
+VISUALISATION_PROGRAMS = 3
+"""Compilation of a feature-visualisation stage (its init, step and finish programs), in units of
+one gradient program's."""
+
+WRITE_SECONDS = 2.0
+"""Rough seconds to render and write the report folder after the last stage."""
 
 FIGURE_SECONDS = 0.01
 """Rough seconds to draw and encode one image figure (numpy tiles and PNG), for the estimate."""
 
-CHART_SECONDS = 0.5
+CHART_SECONDS = 0.3
 """Rough seconds to draw one matplotlib chart (two per layer: statistics and filter norms)."""
 
 
@@ -364,13 +371,14 @@ def stage_plans(
     per_filter = vis.images_per_filter
     flops_per_filter = vis.steps * per_filter * 2
     per_flop = flops_per_filter / throughput.gradient
-    for layers in vis_groups(work.vis_filters, cost.layer_flops, per_flop, compile_seconds):
+    vis_compile = VISUALISATION_PROGRAMS * compile_seconds
+    for layers in vis_groups(work.vis_filters, cost.layer_flops, per_flop, vis_compile):
         deepest = layers[-1]
         filters = sum(work.vis_filters[layer] for layer in layers)
         chunk = spread(passes.gradient_at(cost, deepest) // per_filter, filters, passes.workers, devices)
         flops = filters * flops_per_filter * cost.layer_flops[deepest]
         nbytes = chunk * per_filter * int(GRADIENT_MEMORY * cost.layer_bytes[deepest])
-        plan = stage(vis_stage_name(layers), chunk, 0, 0, flops, nbytes)
+        plan = stage(vis_stage_name(layers), chunk, 0, 0, flops, nbytes, VISUALISATION_PROGRAMS)
         stages.append(dataclasses.replace(plan, layers=layers))
     class_chunk = spread(passes.gradient // per_filter, work.classes, passes.workers, devices)
     stages.append(
@@ -381,6 +389,7 @@ def stage_plans(
             0,
             work.classes * vis.class_steps * per_filter * 2 * f,
             class_chunk * per_filter * grad_bytes,
+            VISUALISATION_PROGRAMS,
         )
     )
     figures = len(graph.layers) * (
@@ -446,22 +455,30 @@ def replaced(settings: Settings, name: str, value: Any) -> Settings:
 
 
 def make_plan(
-    settings: Any, graph: Graph, cost: ModelCost, passes: Budget, throughput: Throughput, work: Workload
+    settings: Any,
+    graph: Graph,
+    cost: ModelCost,
+    passes: Budget,
+    throughput: Throughput,
+    work: Workload,
+    spent: float = 0.0,
 ) -> Plan:
-    """The plan of a build: the full workload when its estimate fits the profile's time budget,
-    else every reducible count (most active filters, most predicted classes, explained images,
-    sanity images and stages) scaled down by one common fraction until it does."""
+    """The plan of a build: the full workload when its estimate fits what is left of the
+    profile's time budget (`spent` seconds are gone), else every reducible count (most active
+    filters, most predicted classes, explained images, sanity images and stages) scaled down by
+    one common fraction until it does."""
     limit = settings.time_budget or PROFILE_SECONDS[settings.profile]
+    left = limit - spent - WRITE_SECONDS  # loading and planning are done; writing comes after
 
     def total(candidate: Workload) -> float:
         return sum(s.estimated_seconds for s in stage_plans(settings, graph, cost, passes, throughput, candidate))
 
     sampled: list[str] = []
-    if total(work) > limit:
+    if total(work) > left:
         low, high = 0.0, 1.0
         for _ in range(20):
             middle = (low + high) / 2
-            low, high = (middle, high) if total(scaled(work, middle)) <= limit else (low, middle)
+            low, high = (middle, high) if total(scaled(work, middle)) <= left else (low, middle)
         full, work = work, scaled(work, low)
         widest = max(full.vis_filters.values(), default=0)
         kept = max(work.vis_filters.values(), default=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +87,9 @@ def _probe(settings: Settings, model: LoadedModel, classes: list[str]) -> ProbeS
     return read_probe(Path(settings.images), model.input_shape, classes, settings.resize)
 
 
-def _plan(settings: Settings, model: LoadedModel, engine: Engine, probe: ProbeSet) -> plan.Plan:
-    """Measure the device, count the model's cost and plan every stage within the budgets."""
+def _plan(settings: Settings, model: LoadedModel, engine: Engine, probe: ProbeSet, started: float) -> plan.Plan:
+    """Measure the device, count the model's cost and plan every stage within the budgets, the
+    profile's time counted from `started` (a `time.perf_counter()` reading)."""
     graph = model.graph
     cost = plan.model_cost(graph)
     platform, _, free = plan.free_memory()
@@ -112,7 +114,7 @@ def _plan(settings: Settings, model: LoadedModel, engine: Engine, probe: ProbeSe
         vis,
         min(settings.visualisation.classes or graph.num_classes, graph.num_classes),
     )
-    return plan.make_plan(settings, graph, cost, passes, throughput, work)
+    return plan.make_plan(settings, graph, cost, passes, throughput, work, time.perf_counter() - started)
 
 
 def kernel_of(leaves: Mapping[str, Any], layer: Layer) -> np.ndarray | None:
@@ -170,6 +172,7 @@ def build(
     settings: Settings, command: str = "", progress: Progress | None = None, release: str | None = None
 ) -> BuildResult:
     """Run every analysis and write the report folder atomically; raises UserError on bad input."""
+    started = time.perf_counter()
     progress = progress or Progress(quiet=True)
     out = Path(settings.out)
     output.check_out(out, "report")
@@ -191,7 +194,7 @@ def build(
 
     engine = Engine(model.graph)
     progress.start("plan")
-    build_plan = _plan(settings, model, engine, probe)
+    build_plan = _plan(settings, model, engine, probe, started)
     settings = build_plan.settings
     progress.finish()
     progress.expect({stage.name: stage.estimated_seconds for stage in build_plan.stages})
