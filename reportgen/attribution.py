@@ -385,7 +385,7 @@ def run(
         deletion=deletion,
         insertion=insertion,
         sanity_layers=tuple(group[-1].name for group in groups),
-        head_stage=head_stage(groups, model.graph.cam_layer),
+        head_stage=head_stage(groups, model.graph.last_conv),
         sanity=correlations,
         sanity_images=n_sanity,
     )

@@ -373,8 +373,8 @@ def attribution_view(
     )
     s = settings.attribution
     notes = (
-        f"The Attribution CAMs use layer {result.cam_layer}; each conv and pooling layer's section shows"
-        " Grad-CAM, Grad-CAM++ and Layer-CAM at that layer.",
+        f"The Attribution CAMs use layer {result.cam_layer}, the last feature map before the classifier;"
+        " each conv, merge and pooling layer's section shows Grad-CAM, Grad-CAM++ and Layer-CAM at that layer.",
         f"SmoothGrad: {s.smoothgrad_samples} samples, noise {s.smoothgrad_noise:g} of the value range."
         f" Integrated Gradients: {s.ig_steps} steps, {s.ig_rule} rule, {s.ig_baseline} baseline."
         f" Occlusion: {s.occlusion_window}-pixel window, stride {s.occlusion_stride}, black fill.",

@@ -178,8 +178,7 @@ def run(
     keys = example_keys(settings.seed, classes)
     images, values = optimise(vis, model.variables, classes, keys, class_stage.chunk, progress.advance)
     progress.finish()
-    order = np.argsort([streams[r.layer] for r in results], kind="stable")
-    return [results[i] for i in order], ClassVisualisation(classes, images, values[:, 0])
+    return results, ClassVisualisation(classes, images, values[:, 0])
 
 
 def _probe_objective(stat: Mapping[str, np.ndarray], objective: str) -> np.ndarray:

@@ -17,6 +17,7 @@ def test_linen_layers_match_the_definition(linen_checkpoint: Path) -> None:
         ("conv1", "conv", (8, 8, 8), 3 * 3 * 3 * 8 + 8),
         ("ResidualBlock_0/Conv_0", "conv", (8, 8, 8), 3 * 3 * 8 * 8 + 8),
         ("ResidualBlock_0/BatchNorm_0", "norm", (8, 8, 8), 4 * 8),  # scale, bias, mean, var
+        ("ResidualBlock_0", "merge", (8, 8, 8), 0),  # conv1 + relu(BatchNorm_0)
         ("max_pool_0", "max_pool", (4, 4, 8), 0),
         ("avg_pool_0", "avg_pool", (2, 2, 8), 0),
         ("global_avg_pool_0", "global_avg_pool", (8,), 0),
@@ -67,3 +68,22 @@ def test_unknown_layer_name_lists_the_valid_ones(linen_checkpoint: Path) -> None
     graph = load_model(f"{SPEC}:TinyLinen", linen_checkpoint).graph
     with pytest.raises(KeyError, match="conv1"):
         graph.layer("nope")
+
+
+def test_merges_are_layers_named_after_their_block(linen_checkpoint: Path, tmp_path: Path) -> None:
+    import tiny_models
+    from conftest import save
+
+    graph = load_model(f"{SPEC}:TinyLinen", linen_checkpoint).graph
+    merge = graph.layer("ResidualBlock_0")
+    # The union of the skip path's 3x3 field (conv1) and the block path's 5x5 (conv1 then Conv_0).
+    assert merge.receptive_field.size == (5, 5) and merge.activation is None
+    assert graph.cam_layer == "ResidualBlock_0"  # the last feature map before pooling
+    assert graph.last_conv == "ResidualBlock_0/Conv_0"
+
+    ckpt = save(tmp_path / "ck", tiny_models.init_linen(tiny_models.Branches()))
+    graph = load_model(f"{SPEC}:Branches", ckpt).graph
+    joined = graph.layer("Mixed")
+    assert (joined.kind, joined.output_shape, joined.activation) == ("merge", (6, 6, 5), "relu")
+    assert joined.receptive_field.size == (5, 5)  # the wider of a 1x1 and a 5x5 branch
+    assert graph.cam_layer == "Mixed"

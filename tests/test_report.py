@@ -76,7 +76,7 @@ def test_a_section_for_every_layer_and_nothing_external(built: Path) -> None:
     parser = Links()
     parser.feed(html)
     layer_ids = [i for i in parser.ids if i.startswith("layer-")]
-    assert len(layer_ids) == len(data["layers"]) == 7
+    assert len(layer_ids) == len(data["layers"]) == 8
     for section in ("overview", "findings", "architecture", "predictions", "provenance"):
         assert section in parser.ids
     for url in parser.urls:

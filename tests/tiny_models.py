@@ -158,3 +158,24 @@ class ShrinkingNet(nn.Module):
         x = nn.relu(nn.Conv(5, (3, 3), name="wide")(x))
         x = nn.relu(nn.Conv(5, (2, 2), kernel_dilation=(2, 2), padding=((1, 1), (0, 1)), name="dilated")(x))
         return nn.Dense(3, name="out")(x.reshape((x.shape[0], -1)))
+
+
+class Mixed(nn.Module):
+    """A 1x1 and a 5x5 branch concatenated along the channels, then a ReLU."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        narrow = nn.Conv(2, (1, 1), name="narrow")(x)
+        wide = nn.Conv(3, (5, 5), name="wide")(x)
+        return nn.relu(jnp.concatenate([narrow, wide], axis=-1))
+
+
+class Branches(nn.Module):
+    """An Inception-style block, global average pooling and a dense head."""
+
+    input_shape = (6, 6, 3)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = Mixed(name="Mixed")(x)
+        return nn.Dense(2, name="out")(x.mean(axis=(1, 2)))

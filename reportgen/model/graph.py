@@ -43,9 +43,13 @@ ELEMENTWISE = frozenset(
         "rsqrt", "select_n", "sign", "sin", "sqrt", "square", "stop_gradient", "sub", "tanh",
     }
 )  # fmt: skip
+MERGES = frozenset({"add", "concatenate"})
+"""Primitives that join two branches of activations into one layer: a residual sum, a concatenation."""
 POOL_KINDS = {"reduce_window_max": "max_pool", "reduce_window_sum": "avg_pool", "reduce_window": "pool"}
 GLOBAL_POOL_KINDS = {"reduce_max": "global_max_pool", "reduce_sum": "global_avg_pool"}
-SPATIAL_KINDS = frozenset({"conv", "max_pool", "avg_pool", "pool", "norm"})
+SPATIAL_KINDS = frozenset({"conv", "max_pool", "avg_pool", "pool", "norm", "merge"})
+MAP_KINDS = ("conv", "merge", "norm")
+"""Layers whose output is a feature map computed by the network (not a pooling of one)."""
 
 
 @dataclass(frozen=True)
@@ -131,8 +135,8 @@ class Graph:
         raise KeyError(f"no layer named {name!r}; layers are: {', '.join(layer.name for layer in self.layers)}")
 
     @property
-    def cam_layer(self) -> str:
-        """The layer class activation maps are taken at by default: the last convolution."""
+    def last_conv(self) -> str:
+        """The last convolution with a spatial output."""
         convs = [layer.name for layer in self.layers if layer.kind == "conv" and layer.is_spatial]
         if not convs:
             raise UserError(
@@ -140,6 +144,14 @@ class Graph:
                 " left); reportgen explains CNNs and needs at least one for class activation maps"
             )
         return convs[-1]
+
+    @property
+    def cam_layer(self) -> str:
+        """The layer class activation maps are taken at by default: the last convolution, merge or
+        normalisation with a spatial output, so on a ResNet the last block's output (Selvaraju et
+        al. 2017 take Grad-CAM at the last convolutional feature map)."""
+        self.last_conv  # noqa: B018 - raises the error of a model without a spatial convolution
+        return [layer.name for layer in self.layers if layer.kind in MAP_KINDS and layer.is_spatial][-1]
 
     @property
     def num_classes(self) -> int:
@@ -353,6 +365,8 @@ def _anchor_kind(flat: FlatJaxpr, eqn: Eqn, active: set[int]) -> str | None:
         rank = len(flat.shapes[inputs[0]])
         if rank >= 4 and tuple(eqn.params["axes"]) == tuple(range(1, rank - 1)):
             return GLOBAL_POOL_KINDS[name]
+    if name in MERGES and len(set(inputs)) >= 2 and len(flat.shapes[inputs[0]]) >= 4:
+        return "merge"
     return None
 
 
@@ -408,7 +422,7 @@ def _members(flat: FlatJaxpr, active: set[int], index: int, kind: str, norm_scop
         members = {index}
         region = set(eqns[index].outputs)
         last = index
-    if kind in ("conv", "dense", "norm", "global_avg_pool", "avg_pool"):
+    if kind in ("conv", "dense", "norm", "merge", "global_avg_pool", "avg_pool"):
         shape = flat.shapes[eqns[last].outputs[0]]
         for j in range(last + 1, len(eqns)):
             e = eqns[j]
@@ -553,6 +567,11 @@ def _propagate(flat: FlatJaxpr, eqn: Eqn, active: set[int], axes: dict[int, _Axe
             return GLOBAL
         free = [a for a in range(len(flat.shapes[inputs[0]])) if a not in contract]
         return {free.index(a): f for a, f in first.items()}
+    if name == "concatenate":  # along the channels: each unit sees the union of its inputs' windows
+        fields = [axes.get(v, GLOBAL) for v in inputs]
+        if not first or p["dimension"] in first or any(f.keys() != first.keys() for f in fields):
+            return GLOBAL
+        return {a: max(f[a] for f in fields) for a in first}
     if name in ELEMENTWISE or all(flat.shapes[v] == out_shape for v in inputs):
         candidates = [axes.get(v, GLOBAL) for v in inputs if flat.shapes[v] == out_shape]
         if not candidates or any(not c for c in candidates):
