@@ -151,7 +151,8 @@ def attribute(
 
     `cam_layer` (default: the last conv, merge or normalisation output, the feature map before the
     classifier) is where Grad-CAM, Grad-CAM++, Layer-CAM, Score-CAM and guided Grad-CAM are taken;
-    their maps are upsampled to the input. Options are the fields of `reportgen.analyses.methods.AttributionConfig` (`smoothgrad_samples`, `smoothgrad_noise`,
+    their maps are upsampled to the input. Options are the fields of
+    `reportgen.analyses.methods.AttributionConfig` (`smoothgrad_samples`, `smoothgrad_noise`,
     `ig_steps`, `ig_baseline`, `ig_rule`, `occlusion_window`, `occlusion_stride`,
     `occlusion_fill`). `baselines` (N, H, W, C) replaces `ig_baseline` with one IG starting
     image per example. `chunk` bounds the passes held at once (default: the planner's budget).
