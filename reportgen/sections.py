@@ -472,18 +472,11 @@ def report_view(
     if plan.forward_gflops_per_second and plan.memory_budget_bytes:
         timings += (
             Fact("model forward speed, measured before the build", f"{plan.forward_gflops_per_second:.1f} GFLOP/s"),
-            *(
-                [
-                    Fact(
-                        "model gradient speed, measured before the build",
-                        f"{plan.gradient_gflops_per_second:.1f} GFLOP/s",
-                    )
-                ]
-                if plan.gradient_gflops_per_second
-                else []
-            ),
-            Fact("memory budget", f"{plan.memory_budget_bytes / 1e9:.1f} GB per stream"),
         )
+        if plan.gradient_gflops_per_second:
+            speed = f"{plan.gradient_gflops_per_second:.1f} GFLOP/s"
+            timings += (Fact("model gradient speed, measured before the build", speed),)
+        timings += (Fact("memory budget", f"{plan.memory_budget_bytes / 1e9:.1f} GB per stream"),)
     return ReportView(
         title=f"reportgen: {model.class_name}" + (f" {prov.release}" if prov.release else ""),
         csp=CSP_EXTERNAL if settings.external_figures else CSP,

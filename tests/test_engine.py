@@ -181,6 +181,21 @@ CONVS = [
 ]
 
 
+def conv_params(numbers: jax.lax.ConvDimensionNumbers, strides, padding, dilation) -> dict:
+    """The parameters of a plain `conv_general_dilated` equation."""
+    return {
+        "window_strides": strides,
+        "padding": tuple(padding),
+        "lhs_dilation": (1, 1),
+        "rhs_dilation": dilation,
+        "dimension_numbers": numbers,
+        "feature_group_count": 1,
+        "batch_group_count": 1,
+        "precision": jax.lax.Precision.HIGHEST,
+        "preferred_element_type": None,
+    }
+
+
 @pytest.mark.parametrize(("lhs_shape", "rhs_shape", "strides", "padding", "dilation", "layout"), CONVS)
 def test_wide_kernel_convolution_as_a_matrix_product(lhs_shape, rhs_shape, strides, padding, dilation, layout) -> None:
     rng = np.random.default_rng(0)
@@ -190,17 +205,7 @@ def test_wide_kernel_convolution_as_a_matrix_product(lhs_shape, rhs_shape, strid
     spatial = [lhs.shape[d] for d in numbers.lhs_spec[2:]]
     window = [rhs.shape[d] for d in numbers.rhs_spec[2:]]
     pads = jax.lax.padtype_to_pads(spatial, window, strides, padding) if isinstance(padding, str) else padding
-    params = {
-        "window_strides": strides,
-        "padding": tuple(pads),
-        "lhs_dilation": (1, 1),
-        "rhs_dilation": dilation,
-        "dimension_numbers": numbers,
-        "feature_group_count": 1,
-        "batch_group_count": 1,
-        "precision": jax.lax.Precision.HIGHEST,
-        "preferred_element_type": None,
-    }
+    params = conv_params(numbers, strides, pads, dilation)
     assert spans_input(params, lhs.shape, rhs.shape)
 
     def reference(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -219,16 +224,7 @@ def test_wide_kernel_convolution_as_a_matrix_product(lhs_shape, rhs_shape, strid
 
 def test_ordinary_convolutions_stay_convolutions() -> None:
     numbers = jax.lax.conv_dimension_numbers((1, 8, 8, 3), (3, 3, 3, 4), ("NHWC", "HWIO", "NHWC"))
-    params = {
-        "window_strides": (1, 1),
-        "padding": ((1, 1), (1, 1)),
-        "lhs_dilation": (1, 1),
-        "rhs_dilation": (1, 1),
-        "dimension_numbers": numbers,
-        "feature_group_count": 1,
-        "batch_group_count": 1,
-        "preferred_element_type": None,
-    }
+    params = conv_params(numbers, (1, 1), ((1, 1), (1, 1)), (1, 1))
     assert not spans_input(params, (1, 8, 8, 3), (3, 3, 3, 4))
     assert not spans_input({**params, "feature_group_count": 3}, (1, 2, 2, 3), (3, 3, 1, 3))
     assert spans_input(params, (1, 2, 2, 3), (3, 3, 3, 4))

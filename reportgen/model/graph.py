@@ -150,8 +150,10 @@ class Graph:
         """The layer class activation maps are taken at by default: the last convolution, merge or
         normalisation with a spatial output, so on a ResNet the last block's output (Selvaraju et
         al. 2017 take Grad-CAM at the last convolutional feature map)."""
-        self.last_conv  # noqa: B018 - raises the error of a model without a spatial convolution
-        return [layer.name for layer in self.layers if layer.kind in MAP_KINDS and layer.is_spatial][-1]
+        last_conv = self.last_conv  # raises for a model without a spatial convolution
+        return next(
+            (layer.name for layer in reversed(self.layers) if layer.kind in MAP_KINDS and layer.is_spatial), last_conv
+        )
 
     @property
     def num_classes(self) -> int:
