@@ -45,8 +45,17 @@ class AttributionResult:
     insertion: np.ndarray  # (N, M, steps + 1)
     sanity_layers: tuple[str, ...]  # layers randomised at each stage, top down
     head_stage: int  # first stage at which the classifier head and the last convolution are randomised
-    sanity: np.ndarray  # (M, stages) mean Spearman correlation with the original maps
+    sanity: np.ndarray  # (M, stages) mean Spearman correlation of absolute values with the original maps
     sanity_images: int
+    sanity_ssim: np.ndarray  # (M, stages) mean SSIM with the original maps
+    independent: np.ndarray  # (M, stages) mean Spearman of absolute values, only that stage's layers randomised
+    independent_ssim: np.ndarray  # (M, stages)
+    class_targets: np.ndarray  # (sanity_images,) the other class each sanity image is explained for
+    class_spearman: np.ndarray  # (M,) mean Spearman of absolute values, explained class against the other
+    class_ssim: np.ndarray  # (M,) mean SSIM, explained class against the other
+    baseline_deletion: np.ndarray  # (N, B, steps + 1): the reference maps' curves (faithfulness.BASELINES)
+    baseline_insertion: np.ndarray  # (N, B, steps + 1)
+    ig_completeness_error: np.ndarray  # (N,) |Σ IG map − (f(x) − f(x′))| / |f(x) − f(x′)|; NaN where f(x) = f(x′)
 
     def deletion_auc(self) -> np.ndarray:
         """(N, M) area under each deletion curve (lower is better)."""
@@ -65,6 +74,7 @@ class MethodOutputs:
     layer_cams: dict[str, dict[str, np.ndarray]]  # layer -> LAYER_CAMS method -> (N, h, w)
     targets: np.ndarray  # (N,) the class explained
     logits: np.ndarray  # (N, K)
+    start_logits: np.ndarray | None = None  # (N, K) at Integrated Gradients' starting images, when computed
 
 
 @dataclass
@@ -214,7 +224,7 @@ class MethodRunner:
         raw = {row.name: self._compute[row.name](job) for row in rows}
         if advance is not None:
             advance(len(images))
-        return MethodOutputs(raw, shared["cams"], targets, logits)
+        return MethodOutputs(raw, shared["cams"], targets, logits, job.cache.get("start_logits"))
 
     # One function per catalogue row: the method's raw output for the job's images.
 
@@ -255,6 +265,7 @@ class MethodRunner:
         starts = job.starts
         if starts is None:
             starts = map_examples(self._starts, (), job.images, job.keys, chunk=job.passes.forward)
+        job.cache["start_logits"] = map_examples(self._logits, (job.variables,), starts, chunk=job.passes.forward)
         return map_inner(
             self._integrated, (job.variables,), (job.images, job.targets, starts),
             (alphas.astype(np.float32), weights.astype(np.float32)),
@@ -304,6 +315,19 @@ class MethodRunner:
         )  # fmt: skip
         deletion, insertion = values.reshape(n, 2, count, steps + 1).transpose(1, 0, 2, 3)
         return deletion, insertion
+
+
+def completeness_error(outputs: MethodOutputs) -> np.ndarray:
+    """(N,) relative completeness error of the Integrated Gradients maps: the map should sum to
+    f(x) − f(x′), the target logit's change from the starting image (Sundararajan et al. 2017,
+    "Axiomatic Attribution", Prop. 1); what is left is the quadrature error of the path integral.
+    NaN where the two logits are equal."""
+    assert outputs.start_logits is not None, "Integrated Gradients was not computed"
+    rows = np.arange(len(outputs.targets))
+    gap = (outputs.logits[rows, outputs.targets] - outputs.start_logits[rows, outputs.targets]).astype(np.float64)
+    total = outputs.raw["integrated_gradients"].reshape(len(rows), -1).sum(axis=1, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(gap != 0, np.abs(total - gap) / np.abs(gap), np.nan)
 
 
 def importance_maps(outputs: MethodOutputs, wanted: Sequence[str] = catalogue.METHODS) -> np.ndarray:
@@ -360,21 +384,37 @@ def run(
     stacked = importance_maps(out)
 
     progress.start("faithfulness curves", len(images))
-    deletion, insertion = runner.curves(model.variables, images, out.targets, stacked, passes, progress.advance)
+    references = faithfulness.baseline_maps(images, settings.seed, indices)
+    every_map = np.concatenate([stacked, references], axis=1)
+    curves = runner.curves(model.variables, images, out.targets, every_map, passes, progress.advance)
+    (deletion, baseline_deletion), (insertion, baseline_insertion) = (
+        np.split(curve, [stacked.shape[1]], axis=1) for curve in curves
+    )
     progress.finish()
 
     groups = sanity_groups([layer for layer in reversed(model.graph.layers) if layer.param_paths], settings)
     n_sanity = min(settings.attribution.sanity_images, len(images))
-    progress.start("sanity check", len(groups))
+    progress.start("sanity check", 2 * len(groups) + 1)
     sample = (images[:n_sanity], out.targets[:n_sanity], keys[:n_sanity])
-    correlations = cascade_correlations(
-        lambda variables: importance_maps(runner.run(variables, *sample, passes)),
-        model.variables,
-        [[path for layer in group for path in layer.param_paths] for group in groups],
-        stacked[:n_sanity],
-        settings.seed,
-        progress.advance,
-    )
+    cascade = [
+        cascade_similarity(
+            lambda variables: importance_maps(runner.run(variables, *sample, passes)),
+            model.variables,
+            [[path for layer in group for path in layer.param_paths] for group in groups],
+            stacked[:n_sanity],
+            settings.seed,
+            cumulative,
+            progress.advance,
+        )
+        for cumulative in (True, False)
+    ]
+    (correlations, structure), (independent, independent_ssim) = cascade
+    others = other_classes(out.targets[:n_sanity], model.graph.num_classes, settings.seed, indices[:n_sanity])
+    class_spearman = class_ssim = np.full(len(catalogue.METHODS), np.nan)
+    if model.graph.num_classes > 1:
+        contrast = importance_maps(runner.run(model.variables, images[:n_sanity], others, keys[:n_sanity], passes))
+        class_spearman, class_ssim = sanity.similarity(stacked[:n_sanity], contrast)
+    progress.advance(1)
     progress.finish()
     return AttributionResult(
         indices=indices,
@@ -388,6 +428,15 @@ def run(
         head_stage=head_stage(groups, model.graph.last_conv),
         sanity=correlations,
         sanity_images=n_sanity,
+        sanity_ssim=structure,
+        independent=independent,
+        independent_ssim=independent_ssim,
+        class_targets=others,
+        class_spearman=class_spearman,
+        class_ssim=class_ssim,
+        baseline_deletion=baseline_deletion,
+        baseline_insertion=baseline_insertion,
+        ig_completeness_error=completeness_error(out),
     )
 
 
@@ -409,22 +458,30 @@ def sanity_groups(top_down: Sequence[Layer], settings: Settings) -> list[list[La
     return [list(top_down[int(a) : int(b)]) for a, b in itertools.pairwise(bounds)]
 
 
-def cascade_correlations(
+def cascade_similarity(
     maps_of: Callable[[Any], np.ndarray],
     variables: Any,
     layers_top_down: Sequence[Sequence[str]],
     original: np.ndarray,
     seed: int,
+    cumulative: bool = True,
     advance: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """(M, stages) mean Spearman correlation of each method's maps with `original` (N, M, H, W)
-    at every randomisation stage; `maps_of(variables)` computes the maps with other weights."""
-    stages = sanity.randomised_stages(variables, layers_top_down, seed)
-    result = np.zeros((original.shape[1], len(stages)))
+) -> tuple[np.ndarray, np.ndarray]:
+    """(M, stages) mean Spearman correlation of absolute values and (M, stages) mean SSIM of each
+    method's maps with `original` (N, M, H, W) at every randomisation stage (cumulative, or one
+    stage's layers at a time); `maps_of(variables)` computes the maps with other weights."""
+    stages = sanity.randomised_stages(variables, layers_top_down, seed, cumulative)
+    rho = np.zeros((original.shape[1], len(layers_top_down)))
+    structure = np.zeros_like(rho)
     for s, randomised_variables in enumerate(stages):
-        randomised = maps_of(randomised_variables)
-        for m in range(original.shape[1]):
-            result[m, s] = np.mean([sanity.spearman(original[i, m], randomised[i, m]) for i in range(len(original))])
+        rho[:, s], structure[:, s] = sanity.similarity(original, maps_of(randomised_variables))
         if advance is not None:
             advance(1)
-    return result
+    return rho, structure
+
+
+def other_classes(explained: np.ndarray, num_classes: int, seed: int, indices: np.ndarray) -> np.ndarray:
+    """(N,) a class other than the explained one per image, drawn uniformly from (seed, probe
+    index): the random logit of the class-sensitivity check (Sixt et al. 2020)."""
+    draws = [np.random.default_rng((seed, int(i), 1)).integers(max(1, num_classes - 1)) for i in indices]
+    return np.array([d + (d >= e) for d, e in zip(draws, explained, strict=True)], np.int32)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from reportgen import attribution, plan, results, visualisation
-from reportgen.analyses import catalogue, predictions
+from reportgen.analyses import catalogue, faithfulness, predictions
 from reportgen.analyses.activations import LayerStatistics
 from reportgen.config import Settings, as_dict
 from reportgen.data import ProbeSet
@@ -129,7 +129,11 @@ def predictions_result(
 
 
 def attribution_result(
-    result: attribution.AttributionResult, probe: ProbeSet, classes: list[str], threshold: float
+    result: attribution.AttributionResult,
+    probe: ProbeSet,
+    classes: list[str],
+    threshold: float,
+    class_threshold: float = 0.9,
 ) -> results.Attribution:
     """Per-method scores (mean over the explained images) and each explained image's AUCs and maps."""
     deletion, insertion = result.deletion_auc(), result.insertion_auc()
@@ -137,6 +141,7 @@ def attribution_result(
     for m, name in enumerate(catalogue.METHODS):
         final = _float(float(result.sanity[m, -1])) if result.sanity.shape[1] else None
         head = _float(float(result.sanity[m, result.head_stage])) if result.sanity.shape[1] else None
+        class_spearman, class_ssim = (_float(float(v[m])) for v in (result.class_spearman, result.class_ssim))
         scores.append(
             results.MethodScores(
                 name=name,
@@ -150,6 +155,12 @@ def attribution_result(
                 sanity_head=head,
                 sanity_final=final,
                 flagged=any(v is not None and abs(v) > threshold for v in (head, final)),
+                sanity_ssim=_floats(result.sanity_ssim[m]),
+                class_spearman=class_spearman,
+                class_ssim=class_ssim,
+                class_insensitive=all(v is not None and v > class_threshold for v in (class_spearman, class_ssim)),
+                independent_spearman=_floats(result.independent[m]),
+                independent_ssim=_floats(result.independent_ssim[m]),
             )
         )
     images = tuple(
@@ -161,8 +172,23 @@ def attribution_result(
             deletion_auc={name: _float(float(deletion[k, m])) for m, name in enumerate(catalogue.METHODS)},
             insertion_auc={name: _float(float(insertion[k, m])) for m, name in enumerate(catalogue.METHODS)},
             maps={name: results.stored_map(result.maps[name][k]) for name in catalogue.METHODS},
+            ig_completeness_error=_float(float(result.ig_completeness_error[k])),
         )
         for k, i in enumerate(result.indices)
+    )
+    base_deletion, base_insertion = (
+        np.asarray(faithfulness.area(curves)) for curves in (result.baseline_deletion, result.baseline_insertion)
+    )
+    baselines = tuple(
+        results.BaselineScores(
+            name=name,
+            title=faithfulness.BASELINE_TITLES[name],
+            deletion_auc=_float(float(base_deletion[:, b].mean())),
+            insertion_auc=_float(float(base_insertion[:, b].mean())),
+            deletion_curve=_floats(result.baseline_deletion[:, b].mean(axis=0)),
+            insertion_curve=_floats(result.baseline_insertion[:, b].mean(axis=0)),
+        )
+        for b, name in enumerate(faithfulness.BASELINES)
     )
     return results.Attribution(
         cam_layer=result.cam_layer,
@@ -172,6 +198,8 @@ def attribution_result(
         head_stage=int(result.head_stage),
         sanity_images=int(result.sanity_images),
         sanity_threshold=float(threshold),
+        class_threshold=float(class_threshold),
+        baselines=baselines,
     )
 
 
@@ -230,6 +258,7 @@ def plan_record(build_plan: plan.Plan, progress: Progress, reproducible: bool) -
         forward_passes=build_plan.passes.forward,
         forward_gflops_per_second=build_plan.throughput.forward / 1e9,
         gradient_gflops_per_second=build_plan.throughput.gradient / 1e9,
+        visualisation_gflops_per_second=build_plan.throughput.visualisation / 1e9,
         time_budget_seconds=_float(build_plan.time_budget),
         estimated_seconds=build_plan.estimated_seconds,
         stages=tuple(stages),

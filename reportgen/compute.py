@@ -95,7 +95,8 @@ def _chunks(
 ) -> Any:
     """`compute_chunk(start, size)` for every chunk of n examples (fixed size, the last one padded
     by the callee, so the shape never depends on n), on `workers()` threads; results trimmed to
-    the valid rows and stacked."""
+    the valid rows and written into arrays of n rows allocated once (no list of pieces to
+    concatenate: peak memory holds the result once)."""
     size = chunk_for(chunk)
     lock = threading.Lock()
 
@@ -109,14 +110,21 @@ def _chunks(
                 progress(valid)
         return out
 
+    def put(start: int, piece: Any) -> None:
+        jax.tree.map(lambda whole, part: np.copyto(whole[start : start + len(part)], part), stacked, piece)
+
     starts = range(0, n, size)
-    pieces = [one(starts[0])]  # alone, so that the program compiles once
+    first = one(starts[0])  # alone, so that the program compiles once
+    stacked = jax.tree.map(lambda x: np.empty((n, *x.shape[1:]), x.dtype), first)
+    put(starts[0], first)
+    del first
     if len(starts) > 1 and workers() > 1:
         with ThreadPoolExecutor(workers()) as pool:
-            pieces += list(pool.map(one, starts[1:]))
+            list(pool.map(lambda start: put(start, one(start)), starts[1:]))
     else:
-        pieces += [one(start) for start in starts[1:]]
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *pieces)
+        for start in starts[1:]:
+            put(start, one(start))
+    return stacked
 
 
 def _shard(arrays: tuple[np.ndarray, ...], start: int, size: int) -> list[jax.Array]:

@@ -69,6 +69,7 @@ class AttributionSettings:
     sanity_images: int = 4  # images of the cascading randomisation check
     sanity_stages: int = 0  # randomisation stages, consecutive layers grouped top down (0: one per layer)
     sanity_threshold: float = 0.5  # flag a method whose maps keep this rank correlation
+    class_threshold: float = 0.9  # flag a method whose map for a random other class is this alike (both measures)
     smoothgrad_samples: int = 16
     smoothgrad_noise: float = 0.15  # noise std as a fraction of the image's value range
     ig_steps: int = 32
@@ -149,6 +150,7 @@ MOVED = {
 
 AT_LEAST_ONE = frozenset(
     {
+        "attribution.sanity_images",
         "attribution.smoothgrad_samples",
         "attribution.occlusion_window",
         "attribution.occlusion_stride",

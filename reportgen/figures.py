@@ -217,17 +217,25 @@ def cam_rows(images: np.ndarray, rows: Sequence[np.ndarray]) -> bytes:
     return png(grid(tiles, len(images), zoom_for(images.shape[1], 64), gap=2))
 
 
-def faithfulness_chart(titles: Sequence[str], deletion: np.ndarray, insertion: np.ndarray) -> bytes:
-    """Mean deletion and insertion curves (methods × steps) side by side."""
+def faithfulness_chart(
+    titles: Sequence[str], deletion: np.ndarray, insertion: np.ndarray, references: int = 0
+) -> bytes:
+    """Mean deletion and insertion curves (maps × steps) side by side; the last `references` rows
+    are reference maps, drawn in grey."""
     x = np.linspace(0, 1, deletion.shape[1])
+    methods = len(titles) - references
+    greys = ["#555555", "#888888", "#aaaaaa"]
     with matplotlib.rc_context(CHART_RC):
         fig = Figure(figsize=(9.5, 3.4), layout="constrained")
         left, right = fig.subplots(1, 2, sharey=True)
         styles = ["-", "--", ":", "-."]
         for k, title in enumerate(titles):
-            style = styles[k // 10 % len(styles)]
-            left.plot(x, deletion[k], style, label=title, lw=1.3)
-            right.plot(x, insertion[k], style, label=title, lw=1.3)
+            if k < methods:
+                style = {"linestyle": styles[k // 10 % len(styles)], "lw": 1.3}
+            else:
+                style = {"linestyle": (0, (1, 1)), "lw": 2.0, "color": greys[(k - methods) % len(greys)]}
+            left.plot(x, deletion[k], label=title, **style)
+            right.plot(x, insertion[k], label=title, **style)
         left.set(title="Deletion (lower is better)", xlabel="fraction of pixels removed", ylabel="class probability")
         right.set(title="Insertion (higher is better)", xlabel="fraction of pixels revealed")
         right.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
@@ -235,25 +243,44 @@ def faithfulness_chart(titles: Sequence[str], deletion: np.ndarray, insertion: n
 
 
 def sanity_chart(
-    titles: Sequence[str], layers: Sequence[str], correlation: np.ndarray, head: int | None = None
+    titles: Sequence[str],
+    layers: Sequence[str],
+    spearman: np.ndarray,
+    ssim: np.ndarray,
+    independent: np.ndarray,
+    head: int | None = None,
+    flagged: Sequence[bool] = (),
 ) -> bytes:
-    """Spearman correlation with the original maps as layers are randomised from the top down; a
-    dotted line marks `head`, the stage by which the classifier head and last convolution are."""
+    """One small plot per method: Spearman correlation of absolute values (solid) and SSIM
+    (dashed) with the original maps as layers are randomised from the top down, and Spearman
+    with one stage's layers randomised alone (dotted); a vertical line marks `head`, the stage
+    by which the classifier head and last convolution are; flagged methods' titles in the
+    warning colour."""
+    columns = 4
+    rows = -(-len(titles) // columns)
+    stages = np.arange(len(layers))
+    low = min(-0.3, float(np.nanmin(finite(np.concatenate([spearman, ssim, independent])))) - 0.05)
     with matplotlib.rc_context(CHART_RC):
-        fig = Figure(figsize=(9.5, 3.2), layout="constrained")
-        ax = fig.subplots()
-        styles = ["-", "--", ":", "-."]
-        for k, title in enumerate(titles):
-            ax.plot(range(len(layers)), correlation[k], styles[k // 10 % len(styles)], marker="o", ms=3, label=title)
-        ax.set_xticks(range(len(layers)), [f"+{name}" for name in layers], rotation=30, ha="right")
-        ax.axhline(0, color="#888888", lw=0.8)
-        if head is not None:
-            ax.axvline(head, color="#a15c00", lw=1.0, ls=":")
-            ax.annotate("head randomised", (head, 1.0), xytext=(4, -10), textcoords="offset points", fontsize=8)
-        ax.set(
-            title="Cascading randomisation: rank correlation with the original maps",
-            ylabel="Spearman",
-            ylim=(min(-0.3, float(np.nanmin(finite(correlation))) - 0.05), 1.05),
-        )
-        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+        fig = Figure(figsize=(9.5, 1.55 * rows + 0.9), layout="constrained")
+        axes = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
+        for k, ax in enumerate(axes):
+            if k >= len(titles):
+                ax.set_axis_off()
+                continue
+            ax.axhline(0, color="#888888", lw=0.6)
+            if head is not None:
+                ax.axvline(head, color="#a15c00", lw=1.0, ls=":")
+            ax.plot(stages, spearman[k], "-", marker="o", ms=2.5, color="#1f77b4", label="Spearman |map|")
+            ax.plot(stages, ssim[k], "--", marker="o", ms=2.5, color="#2ca02c", label="SSIM")
+            ax.plot(stages, independent[k], ":", color="#7f3f98", lw=1.4, label="Spearman, layer alone")
+            warn = k < len(flagged) and flagged[k]
+            ax.set_title(
+                titles[k], fontsize=8.5, color="#a15c00" if warn else "black", fontweight="bold" if warn else None
+            )
+            ax.set_ylim(low, 1.05)
+        for ax in axes[(rows - 1) * columns :]:
+            ax.set_xticks(stages, [f"+{name}" for name in layers], rotation=60, ha="right", fontsize=6.5)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside upper right", ncols=3, fontsize=8, frameon=False)
+        fig.suptitle("Cascading randomisation: similarity with the original maps", fontsize=10, x=0.02, ha="left")
         return _save(fig)

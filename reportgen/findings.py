@@ -7,7 +7,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from reportgen.results import Attribution, Finding, ImagePrediction, LayerResult, Predictions, Report
+from reportgen.results import (
+    Attribution,
+    Finding,
+    ImagePrediction,
+    LayerResult,
+    MethodScores,
+    Predictions,
+    Report,
+    auc_gap,
+)
 
 LOW_ACCURACY = 0.9
 CLASS_FAILS = 3
@@ -103,27 +112,88 @@ def input_findings(warnings: Sequence[str], nonfinite_logits: int) -> list[Findi
 def attribution_findings(summary: Attribution) -> list[Finding]:
     """A warning for each method whose maps survive randomising the classifier head and the last
     convolution (they cannot be explaining the decision), or every layer (Adebayo et al. 2018,
-    "Sanity Checks for Saliency Maps")."""
+    "Sanity Checks for Saliency Maps"), saying how far down the cascade they stay similar; and
+    for each method that draws the same map for another class (Sixt et al. 2020)."""
     found = []
-    threshold = summary.sanity_threshold
     for method in summary.methods:
-        if not method.flagged:
-            continue
-        head, final = method.sanity_head, method.sanity_final
-        if head is not None and abs(head) > threshold:
-            down_to = summary.sanity_stages[summary.head_stage] if summary.sanity_stages else "the last convolution"
-            message = (
-                f"{method.title} maps stay similar when the layers from the output down to {down_to} are"
-                f" randomised (Spearman {head:.2f}"
-                + (f", {final:.2f} with every layer randomised" if final is not None else "")
-                + "): they do not explain this model's decision"
+        if method.flagged:
+            found.append(
+                Finding("warning", "sanity-check", method.name, cascade_message(method, summary), "attribution")
             )
-        else:
+        if method.class_insensitive and method.class_spearman is not None and method.class_ssim is not None:
+            above = "" if summary.class_threshold is None else f", both above {summary.class_threshold:g}"
             message = (
-                f"{method.title} maps barely change when every layer's weights are randomised"
-                f" (Spearman {final:.2f}): they do not show what this model learned"
+                f"{method.title} draws the same map for a random other class as for the explained class"
+                f" (Spearman {method.class_spearman:.2f}, SSIM {method.class_ssim:.2f}{above}, on"
+                f" {summary.sanity_images} images): it does not show what the class depends on"
             )
-        found.append(Finding("warning", "sanity-check", method.name, message, "attribution"))
+            found.append(Finding("warning", "class-insensitive", method.name, message, "attribution"))
+    return found
+
+
+def cascade_message(method: MethodScores, summary: Attribution) -> str:
+    """What the cascade shows of a flagged method: where its maps stay similar."""
+    threshold = summary.sanity_threshold
+    head, final = method.sanity_head, method.sanity_final
+    similar = [k for k, v in enumerate(method.sanity_spearman) if v is not None and abs(v) > threshold]
+    through = ""
+    if similar and summary.sanity_stages:
+        last = max(similar)
+        through = (
+            f"; it stays above {threshold:g} through {last + 1} of {len(summary.sanity_stages)} stages,"
+            f" down to {summary.sanity_stages[last]}"
+        )
+    if head is not None and abs(head) > threshold:
+        down_to = summary.sanity_stages[summary.head_stage] if summary.sanity_stages else "the last convolution"
+        return (
+            f"{method.title} maps stay similar when the layers from the output down to {down_to} are"
+            f" randomised (Spearman {head:.2f}"
+            + (f", {final:.2f} with every layer randomised" if final is not None else "")
+            + f"{through}): they do not explain this model's decision"
+        )
+    return (
+        f"{method.title} maps barely change when every layer's weights are randomised"
+        f" (Spearman {final:.2f}): they do not show what this model learned"
+    )
+
+
+IG_COMPLETENESS_LIMIT = 0.05
+"""Relative completeness error of an Integrated Gradients map beyond which the report warns."""
+
+
+def completeness_findings(summary: Attribution) -> list[Finding]:
+    """A warning when Integrated Gradients maps do not sum to the logit change they explain
+    (Sundararajan et al. 2017): the path integral needs more steps or a better rule."""
+    errors = [(image.ig_completeness_error, image.name) for image in summary.images]
+    measured = [(error, name) for error, name in errors if error is not None]
+    over = [(error, name) for error, name in measured if error > IG_COMPLETENESS_LIMIT]
+    if not over:
+        return []
+    worst, name = max(over)
+    message = (
+        f"Integrated Gradients maps miss completeness by more than {IG_COMPLETENESS_LIMIT:.0%} on {len(over)} of"
+        f" {len(measured)} explained images (worst {worst:.1%}, {name}): a map should sum to the class logit's"
+        ' change from the baseline image; raise ig_steps or use ig_rule = "gauss-legendre"'
+    )
+    return [Finding("warning", "ig-completeness", "integrated_gradients", message, "attribution")]
+
+
+def faithfulness_findings(summary: Attribution) -> list[Finding]:
+    """A warning for each method whose maps order pixels no better than random noise does, by
+    insertion AUC minus deletion AUC on the explained images."""
+    random = next((b for b in summary.baselines if b.name == "random"), None)
+    floor = None if random is None else auc_gap(random)
+    if floor is None:
+        return []
+    found = []
+    for method in summary.methods:
+        gap = auc_gap(method)
+        if gap is not None and gap <= floor:
+            message = (
+                f"{method.title} orders pixels no better than a random map: insertion minus deletion AUC"
+                f" {gap:.3f}, a random map {floor:.3f}"
+            )
+            found.append(Finding("warning", "faithfulness", method.name, message, "attribution"))
     return found
 
 
@@ -141,6 +211,8 @@ def of(report: Report) -> tuple[Finding, ...]:
         found += layer_findings(layer, previous)
         previous = layer
     found += attribution_findings(report.attribution)
+    found += completeness_findings(report.attribution)
+    found += faithfulness_findings(report.attribution)
     return tuple(ordered(found))
 
 

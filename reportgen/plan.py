@@ -39,16 +39,24 @@ GRADIENT_MEMORY = 2.5
 """Peak bytes of a forward + input-gradient pass: the saved residuals, the cotangents of the
 widest layers, and workspace."""
 
-SATURATION_FLOPS = {"cpu": (2.5e9, 1e9), "gpu": (2e11, 2e11), "tpu": (4e11, 4e11)}
-"""(forward, gradient) FLOPs of one batched call beyond which a larger batch no longer raises
-throughput on that platform; batches stop growing there even when memory would allow more. On a
-CPU, gradient batches are best small (measured on the demo: 67 GFLOP/s at 8 examples, 45 at 32)."""
+SATURATION_FLOPS = {
+    "cpu": {"forward": 2.5e9, "gradient": 2.5e9, "visualisation": 1e9},
+    "gpu": {"forward": 2e11, "gradient": 2e11, "visualisation": 2e11},
+    "tpu": {"forward": 4e11, "gradient": 4e11, "visualisation": 4e11},
+}
+"""FLOPs of one batched call (a gradient pass counted as two forward passes) beyond which a larger
+batch no longer raises throughput on that platform, per kind of pass; batches stop growing there
+even when memory would allow more. Measured on 2 CPU cores from two threads: input gradients of
+the demo run at 38 GFLOP/s one example per call, 74 at 16 (2.5 GFLOP), 57 at 32; of a ResNet-18 at
+64x64 at 24, 63 at 4 (2.4 GFLOP), 76 at 16. Feature-visualisation steps (Fourier image, warp, Adam
+around the gradient) run slower at those sizes: the demo's six layers took 63 s in calls of up to
+1 GFLOP, 118 s in calls of up to 2.5 GFLOP."""
 
 
 def saturation(platform: str, kind: str) -> float:
-    """FLOPs per call at which batches of `kind` ("forward" or "gradient") stop growing."""
-    forward, gradient = SATURATION_FLOPS.get(platform, SATURATION_FLOPS["gpu"])
-    return forward if kind == "forward" else gradient
+    """FLOPs per call at which batches of `kind` ("forward", "gradient" or "visualisation") stop
+    growing on `platform`."""
+    return SATURATION_FLOPS.get(platform, SATURATION_FLOPS["gpu"])[kind]
 
 
 BUDGET_FRACTION = {"cpu": 0.4, "gpu": 0.75, "tpu": 0.75}
@@ -124,6 +132,7 @@ class Throughput:
 
     forward: float  # FLOP/s of batched forward passes
     gradient: float  # FLOP/s of batched forward + input-gradient passes (counted as 2 forward passes)
+    visualisation: float  # FLOP/s of the same passes at feature visualisation's (smaller) batch
     compile_seconds: float  # one gradient program's compilation (a load, when the cache has it)
 
 
@@ -140,8 +149,13 @@ def measure_throughput(
     gradient = jax.jit(jax.vmap(jax.grad(lambda v, x: logits(v, x).sum(), argnums=1), in_axes=(None, 0)))
     examples, seconds, first = _time(gradient, variables, input_shape, passes.gradient, passes.workers)
     gradient_flops = examples * 2 * cost.forward_flops / seconds
+    compile_seconds = max(0.0, first - seconds)
+    visualisation_flops = gradient_flops
+    if (vis_batch := passes.visualisation_at(cost)) != passes.gradient:
+        examples, seconds, _ = _time(gradient, variables, input_shape, vis_batch, passes.workers)
+        visualisation_flops = examples * 2 * cost.forward_flops / seconds
     examples, seconds, _ = _time(forward, variables, input_shape, forward_batch, passes.workers)
-    return Throughput(examples * cost.forward_flops / seconds, gradient_flops, max(0.0, first - seconds))
+    return Throughput(examples * cost.forward_flops / seconds, gradient_flops, visualisation_flops, compile_seconds)
 
 
 def _time(run: Any, variables: Any, input_shape: tuple[int, ...], batch: int, streams: int) -> tuple[int, float, float]:
@@ -175,13 +189,14 @@ class Budget:
     gradient: int  # forward + gradient passes held at once
     workers: int = 1  # concurrent streams, each with this budget
 
-    def gradient_at(self, cost: ModelCost, layer: str) -> int:
-        """Forward + gradient passes at once when evaluation stops at `layer`."""
-        return passes_at(self.memory_bytes, cost, "gradient", jax.devices()[0].platform, layer)
+    def visualisation_at(self, cost: ModelCost, layer: str | None = None) -> int:
+        """Feature-visualisation passes (forward + gradient) at once when evaluation stops at
+        `layer` (None: the whole model, as class visualisation does)."""
+        return passes_at(self.memory_bytes, cost, "visualisation", jax.devices()[0].platform, layer)
 
 
 def passes_at(memory_bytes: int, cost: ModelCost, kind: str, platform: str, layer: str | None = None) -> int:
-    """Passes of `kind` ("forward" or "gradient") held at once within `memory_bytes`, when
+    """Passes of `kind` ("forward", "gradient" or "visualisation") held at once within `memory_bytes`, when
     evaluation stops at `layer` (None: the whole model), and no more than saturate the platform."""
     nbytes = cost.layer_bytes[layer] if layer else cost.activation_bytes
     flops = cost.layer_flops[layer] if layer else cost.forward_flops
@@ -320,6 +335,8 @@ def stage_plans(
     settings: Any, graph: Graph, cost: ModelCost, passes: Budget, throughput: Throughput, work: Workload
 ) -> list[StagePlan]:
     """Every stage's batching, FLOPs, time and memory for `work`."""
+    from reportgen.analyses.catalogue import METHODS
+    from reportgen.analyses.faithfulness import BASELINES
     from reportgen.analyses.occlusion import window_masks
 
     devices = jax.device_count()
@@ -328,22 +345,30 @@ def stage_plans(
     cam_channels = graph.layer(graph.cam_layer).output_shape[-1]
     grad_passes, fwd_passes = attribution_passes(settings, cam_channels, windows)
     f = cost.forward_flops
-    curve_points = 2 * 12 * (settings.attribution.faithfulness_steps + 1)
+    curve_points = 2 * (len(METHODS) + len(BASELINES)) * (settings.attribution.faithfulness_steps + 1)
     grad_bytes = int(GRADIENT_MEMORY * cost.activation_bytes)
     fwd_bytes = int(FORWARD_MEMORY * cost.activation_bytes)
     compile_seconds = throughput.compile_seconds
 
     def stage(
-        name: str, chunk: int, inner: int, forward: float, gradient: float, nbytes: int, programs: int = 1
+        name: str,
+        chunk: int,
+        inner: int,
+        forward: float,
+        gradient: float,
+        nbytes: int,
+        programs: int = 1,
+        gradient_rate: float = throughput.gradient,
     ) -> StagePlan:
         """A stage of `forward` FLOPs of forward passes and `gradient` FLOPs of gradient passes."""
-        seconds = forward / throughput.forward + gradient / throughput.gradient + programs * compile_seconds
+        seconds = forward / throughput.forward + gradient / gradient_rate + programs * compile_seconds
         return StagePlan(name, chunk, inner, forward + gradient, seconds, nbytes)
 
     forward_chunk = spread(passes.forward, work.probe_images, passes.workers, devices)
     a_chunk, a_inner = split(passes.gradient, work.attribution_images, max(settings.attribution.smoothgrad_samples, 2))
     f_chunk, f_inner = split(passes.forward, work.attribution_images, curve_points)
-    explained, checked = work.attribution_images, work.sanity_stages * work.sanity_images
+    explained = work.attribution_images
+    checked = (2 * work.sanity_stages + 1) * work.sanity_images  # cumulative, independent, the other class
     stages = [
         stage("forward pass", forward_chunk, 0, work.probe_images * f, 0, forward_chunk * fwd_bytes),
         stage("activation maps", forward_chunk, 0, work.shown_images * f, 0, forward_chunk * fwd_bytes),
@@ -370,17 +395,19 @@ def stage_plans(
     vis = settings.visualisation
     per_filter = vis.images_per_filter
     flops_per_filter = vis.steps * per_filter * 2
-    per_flop = flops_per_filter / throughput.gradient
+    per_flop = flops_per_filter / throughput.visualisation
     vis_compile = VISUALISATION_PROGRAMS * compile_seconds
     for layers in vis_groups(work.vis_filters, cost.layer_flops, per_flop, vis_compile):
         deepest = layers[-1]
         filters = sum(work.vis_filters[layer] for layer in layers)
-        chunk = spread(passes.gradient_at(cost, deepest) // per_filter, filters, passes.workers, devices)
+        chunk = spread(passes.visualisation_at(cost, deepest) // per_filter, filters, passes.workers, devices)
         flops = filters * flops_per_filter * cost.layer_flops[deepest]
         nbytes = chunk * per_filter * int(GRADIENT_MEMORY * cost.layer_bytes[deepest])
-        plan = stage(vis_stage_name(layers), chunk, 0, 0, flops, nbytes, VISUALISATION_PROGRAMS)
+        plan = stage(
+            vis_stage_name(layers), chunk, 0, 0, flops, nbytes, VISUALISATION_PROGRAMS, throughput.visualisation
+        )
         stages.append(dataclasses.replace(plan, layers=layers))
-    class_chunk = spread(passes.gradient // per_filter, work.classes, passes.workers, devices)
+    class_chunk = spread(passes.visualisation_at(cost) // per_filter, work.classes, passes.workers, devices)
     stages.append(
         stage(
             CLASS_STAGE,
@@ -390,6 +417,7 @@ def stage_plans(
             work.classes * vis.class_steps * per_filter * 2 * f,
             class_chunk * per_filter * grad_bytes,
             VISUALISATION_PROGRAMS,
+            throughput.visualisation,
         )
     )
     figures = len(graph.layers) * (

@@ -232,7 +232,9 @@ def build(
             for i, layer in enumerate(layers)
         ),
         predictions=collect.predictions_result(pred, probe, classes, int((~finite).sum()), given_probabilities),
-        attribution=collect.attribution_result(attributed, probe, classes, settings.attribution.sanity_threshold),
+        attribution=collect.attribution_result(
+            attributed, probe, classes, settings.attribution.sanity_threshold, settings.attribution.class_threshold
+        ),
         class_visualisation=collect.class_images(class_vis, classes),
         findings=(),
         provenance=collect.provenance(

@@ -135,10 +135,37 @@ class MethodScores:
     insertion_auc: float | None
     deletion_curve: tuple[float | None, ...]
     insertion_curve: tuple[float | None, ...]
-    sanity_spearman: tuple[float | None, ...]
+    sanity_spearman: tuple[float | None, ...]  # of absolute values, per cascade stage
     sanity_head: float | None  # after randomising the classifier head and the last convolution
     sanity_final: float | None  # after randomising every layer
     flagged: bool  # the maps survive randomising the head, or every layer
+    sanity_ssim: tuple[float | None, ...] = ()  # per cascade stage
+    class_spearman: float | None = None  # map for the explained class against a random other class's
+    class_ssim: float | None = None
+    class_insensitive: bool = False  # the two maps are alike (Spearman and SSIM above the class threshold)
+    independent_spearman: tuple[float | None, ...] = ()  # per stage, only that stage's layers randomised
+    independent_ssim: tuple[float | None, ...] = ()
+
+
+@dataclass(frozen=True)
+class BaselineScores:
+    """A reference map's faithfulness (random, centre or edge; `faithfulness.BASELINES`), averaged
+    over the explained images: what an attribution method has to beat."""
+
+    name: str
+    title: str
+    deletion_auc: float | None
+    insertion_auc: float | None
+    deletion_curve: tuple[float | None, ...]
+    insertion_curve: tuple[float | None, ...]
+
+
+def auc_gap(scores: MethodScores | BaselineScores) -> float | None:
+    """Insertion AUC minus deletion AUC: how well a map orders pixels by their effect on the
+    class probability, in one number (higher is better)."""
+    if scores.insertion_auc is None or scores.deletion_auc is None:
+        return None
+    return scores.insertion_auc - scores.deletion_auc
 
 
 @dataclass(frozen=True)
@@ -166,6 +193,7 @@ class ExplainedImage:
     deletion_auc: dict[str, float | None]
     insertion_auc: dict[str, float | None]
     maps: dict[str, StoredMap]
+    ig_completeness_error: float | None = None  # |Σ IG map − (f(x) − f(x′))| / |f(x) − f(x′)|
 
 
 @dataclass(frozen=True)
@@ -179,6 +207,8 @@ class Attribution:
     head_stage: int  # index into sanity_stages: the head and the last convolution are randomised
     sanity_images: int
     sanity_threshold: float
+    baselines: tuple[BaselineScores, ...] = ()
+    class_threshold: float | None = None  # Spearman and SSIM above which a method is class-insensitive
 
 
 @dataclass(frozen=True)
@@ -258,6 +288,7 @@ class PlanRecord:
     estimated_seconds: float | None
     stages: tuple[PlanStage, ...]
     gradient_gflops_per_second: float | None = None  # absent from reports written before it was measured
+    visualisation_gflops_per_second: float | None = None  # gradient passes at feature visualisation's batch
 
 
 @dataclass(frozen=True)

@@ -338,36 +338,41 @@ def attribution_view(
             for m in catalogue.METHODS
         )
         picture = store.add(f"attribution-{k + 1:03d}-image.png", figures.thumbnail(image, zoom=2), probe.names[i])
-        rows.append(AttributionRow(picture, probe.names[i], classes[int(result.targets[k])], tiles))
-    scores = tuple(
-        MethodScore(
-            m.title,
-            number(m.deletion_auc, ".3f"),
-            number(m.insertion_auc, ".3f"),
-            number(m.sanity_head, ".2f"),
-            number(m.sanity_final, ".2f"),
-            verdict(m, summary.sanity_threshold),
-        )
-        for m in summary.methods
-    )
+        error = result.ig_completeness_error[k]
+        completeness = "—" if not np.isfinite(error) else f"{error:.1%}"
+        rows.append(AttributionRow(picture, probe.names[i], classes[int(result.targets[k])], tiles, completeness))
+    scores = score_rows(summary)
+    references = [f"{b.title} (reference)" for b in summary.baselines]
+    every = [*summary.methods, *summary.baselines]
     curves = store.add(
         "attribution-faithfulness.png",
         figures.faithfulness_chart(
-            titles,
-            np.array([m.deletion_curve for m in summary.methods], np.float64),
-            np.array([m.insertion_curve for m in summary.methods], np.float64),
+            (*titles, *references),
+            np.array([m.deletion_curve for m in every], np.float64),
+            np.array([m.insertion_curve for m in every], np.float64),
+            len(references),
         ),
         "deletion and insertion curves",
         "Mean class probability as the most important pixels are removed (left, turned black) or revealed"
-        " on a blurred copy (right).",
+        " on a blurred copy (right); the dotted grey curves are the reference maps.",
     )
+    flagged = [bool(verdict(m, summary.sanity_threshold)) for m in summary.methods]
     sanity_figure = store.add(
         "attribution-sanity.png",
-        figures.sanity_chart(titles, result.sanity_layers, result.sanity, result.head_stage),
+        figures.sanity_chart(
+            titles,
+            result.sanity_layers,
+            result.sanity,
+            result.sanity_ssim,
+            result.independent,
+            result.head_stage,
+            flagged,
+        ),
         "cascading randomisation",
         f"Each step re-initialises one more layer, from the top down, on {result.sanity_images} images;"
-        " a faithful method's correlation falls towards 0, and already once the head and the last"
-        f" convolution ({result.sanity_layers[result.head_stage]}) are randomised."
+        " a method that explains the decision falls towards 0 once the head and the last convolution"
+        f" ({result.sanity_layers[result.head_stage]}, vertical line) are randomised. The dotted curve"
+        " re-initialises that step's layer alone. Methods in orange fail a sanity check."
         if result.sanity_layers
         else "No layers with parameters to randomise.",
     )
@@ -384,11 +389,63 @@ def attribution_view(
     return AttributionView(titles, about, tuple(rows), scores, curves, sanity_figure, notes)
 
 
+def score_rows(summary: results.Attribution) -> tuple[MethodScore, ...]:
+    """Every method and reference map, ranked by insertion minus deletion AUC (best first); each
+    method with the reference maps it beats and its sanity verdict."""
+    floors = [(b.name, results.auc_gap(b)) for b in summary.baselines]
+
+    def score(entry: results.MethodScores | results.BaselineScores) -> float:
+        gap = results.auc_gap(entry)
+        return -np.inf if gap is None else gap
+
+    ranked = sorted([*summary.methods, *summary.baselines], key=score, reverse=True)
+    rows = []
+    for rank, entry in enumerate(ranked, start=1):
+        gap = results.auc_gap(entry)
+        beats, head, final, contrast, said = "", "—", "—", "—", ""
+        if isinstance(entry, results.MethodScores):
+            beaten = [name for name, floor in floors if gap is not None and floor is not None and gap > floor]
+            beats = ", ".join(beaten) or "none"
+            structure = entry.sanity_ssim
+            head = pair(entry.sanity_head, structure[summary.head_stage] if structure else None)
+            final = pair(entry.sanity_final, structure[-1] if structure else None)
+            contrast = pair(entry.class_spearman, entry.class_ssim)
+            said = verdict(entry, summary.sanity_threshold)
+        rows.append(
+            MethodScore(
+                rank,
+                entry.title,
+                number(entry.deletion_auc, ".3f"),
+                number(entry.insertion_auc, ".3f"),
+                number(gap, ".3f"),
+                beats,
+                head,
+                final,
+                contrast,
+                said,
+                isinstance(entry, results.BaselineScores),
+            )
+        )
+    return tuple(rows)
+
+
+def pair(spearman: float | None, ssim: float | None) -> str:
+    """'Spearman / SSIM' as table text."""
+    if spearman is None:
+        return "—"
+    return f"{spearman:.2f} / —" if ssim is None else f"{spearman:.2f} / {ssim:.2f}"
+
+
 def verdict(method: results.MethodScores, threshold: float) -> str:
-    """What the cascade says of a method, in words."""
+    """What the sanity checks say of a method, in words ("" when it passes them)."""
+    said = []
     if method.sanity_head is not None and abs(method.sanity_head) > threshold:
-        return "survives randomising the head and last convolution"
-    return "survives full randomisation" if method.flagged else ""
+        said.append("survives randomising the head and last convolution")
+    elif method.flagged:
+        said.append("survives full randomisation")
+    if method.class_insensitive:
+        said.append("same map for another class")
+    return "; ".join(said)
 
 
 def plan_row(stage: results.PlanStage) -> PlanRow:
@@ -476,6 +533,9 @@ def report_view(
         if plan.gradient_gflops_per_second:
             speed = f"{plan.gradient_gflops_per_second:.1f} GFLOP/s"
             timings += (Fact("model gradient speed, measured before the build", speed),)
+        if plan.visualisation_gflops_per_second:
+            speed = f"{plan.visualisation_gflops_per_second:.1f} GFLOP/s"
+            timings += (Fact("model gradient speed at feature visualisation's batch", speed),)
         timings += (Fact("memory budget", f"{plan.memory_budget_bytes / 1e9:.1f} GB per stream"),)
     return ReportView(
         title=f"reportgen: {model.class_name}" + (f" {prov.release}" if prov.release else ""),

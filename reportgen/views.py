@@ -124,14 +124,19 @@ class LayerView:
 
 @dataclass(frozen=True)
 class MethodScore:
-    """Faithfulness and sanity of one attribution method."""
+    """Faithfulness and sanity of one attribution method, or the faithfulness of a reference map."""
 
+    rank: int
     title: str
     deletion: str
     insertion: str
-    sanity_head: str
-    sanity: str
+    gap: str  # insertion minus deletion AUC, the ranking score
+    beats: str  # the reference maps a method orders pixels better than ("" for a reference map)
+    sanity_head: str  # "Spearman / SSIM" with the original maps, head randomised
+    sanity: str  # the same, every layer randomised
+    contrast: str  # "Spearman / SSIM" of the maps for the explained and a random other class
     verdict: str  # "" or a warning
+    reference: bool  # a reference map, not a method
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,7 @@ class AttributionRow:
     name: str
     target: str
     tiles: tuple[FigureView, ...]
+    completeness: str  # Integrated Gradients' completeness error on this image
 
 
 @dataclass(frozen=True)

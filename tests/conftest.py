@@ -75,3 +75,30 @@ def tiny_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("classes") / "classes.txt"
     path.write_text("a\nb\nc\n")
     return path
+
+
+def attribution_result(**fields: object) -> object:
+    """An `attribution.AttributionResult` of one explained 4x4 image, every method's scores zero
+    and four sanity stages (logits, fc1, conv3, conv1; the head at conv3), with `fields` replaced."""
+    from reportgen.analyses import catalogue
+    from reportgen.attribution import AttributionResult
+
+    m = len(catalogue.METHODS)
+    default = dict(
+        indices=np.array([0]), targets=np.array([0]), maps={name: np.zeros((1, 4, 4)) for name in catalogue.METHODS},
+        layer_cams={}, cam_layer="conv3", deletion=np.zeros((1, m, 3)), insertion=np.ones((1, m, 3)),
+        sanity_layers=("logits", "fc1", "conv3", "conv1"), head_stage=2, sanity=np.zeros((m, 4)), sanity_images=1,
+        sanity_ssim=np.zeros((m, 4)), independent=np.zeros((m, 4)), independent_ssim=np.zeros((m, 4)),
+        class_targets=np.array([1]), class_spearman=np.zeros(m), class_ssim=np.zeros(m),
+        baseline_deletion=np.zeros((1, 3, 3)), baseline_insertion=np.zeros((1, 3, 3)),
+        ig_completeness_error=np.array([0.01]),
+    )  # fmt: skip
+    default.update({k: np.asarray(v) if isinstance(v, list) else v for k, v in fields.items()})
+    return AttributionResult(**default)
+
+
+def one_image_probe() -> object:
+    """A `data.ProbeSet` of one 4x4 image of class 0, for `attribution_result`."""
+    from reportgen.data import ProbeSet
+
+    return ProbeSet(np.zeros((1, 4, 4, 3), np.float32), ("x.png",), np.array([0]), ())

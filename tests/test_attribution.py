@@ -14,7 +14,7 @@ from conftest import ROOT, SPEC, save
 
 from reportgen import api
 from reportgen.analyses import catalogue, methods, saliency
-from reportgen.attribution import cascade_correlations
+from reportgen.attribution import cascade_similarity
 from reportgen.compute import map_examples
 from reportgen.model.engine import Engine
 from reportgen.model.load import LoadedModel
@@ -151,9 +151,11 @@ def test_sanity_check_flags_a_method_that_ignores_the_weights(linear) -> None:
         return map_examples(maps_fn, (variables,), x, chunk=4)
 
     top_down = [layer.param_paths for layer in reversed(model.graph.layers) if layer.param_paths]
-    scores = cascade_correlations(maps_of, model.variables, top_down, maps_of(model.variables), seed=0)
+    scores, structure = cascade_similarity(maps_of, model.variables, top_down, maps_of(model.variables), seed=0)
     assert scores[0].tolist() == pytest.approx([1.0] * len(top_down))
+    assert structure[0].tolist() == pytest.approx([1.0] * len(top_down))
     assert abs(scores[1][-1]) < 0.5
+    assert structure[1][-1] < 0.5
 
 
 def test_the_head_stage_is_where_the_last_convolution_is_randomised() -> None:
@@ -176,23 +178,19 @@ def test_the_head_stage_is_where_the_last_convolution_is_randomised() -> None:
 
 
 def test_a_method_that_survives_randomising_the_head_is_flagged_even_if_it_decays_later() -> None:
-    from reportgen import collect, findings
-    from reportgen.attribution import AttributionResult
-    from reportgen.data import ProbeSet
+    from conftest import attribution_result, one_image_probe
 
-    m = len(catalogue.METHODS)
-    sanity = np.zeros((m, 4))
+    from reportgen import collect, findings
+
+    sanity = np.zeros((len(catalogue.METHODS), 4))
     guided = catalogue.METHODS.index("guided_backprop")
     sanity[guided] = [0.99, 0.97, 0.93, 0.1]  # survives logits, fc1 and conv3, decays at the bottom
-    maps = {name: np.zeros((1, 4, 4)) for name in catalogue.METHODS}
-    result = AttributionResult(
-        np.array([0]), np.array([0]), maps, {}, "conv3", np.zeros((1, m, 3)), np.ones((1, m, 3)),
-        ("logits", "fc1", "conv3", "conv1"), 2, sanity, 1,
-    )  # fmt: skip
-    probe = ProbeSet(np.zeros((1, 4, 4, 3), np.float32), ("x.png",), np.array([0]), ())
+    result = attribution_result(sanity=sanity)
+    probe = one_image_probe()
     summary = collect.attribution_result(result, probe, ["a"], threshold=0.5)
     flagged = {s.name: s for s in summary.methods if s.flagged}
     assert set(flagged) == {"guided_backprop"}
     assert flagged["guided_backprop"].sanity_head == pytest.approx(0.93)
     (finding,) = findings.attribution_findings(summary)
     assert "from the output down to conv3 are randomised (Spearman 0.93, 0.10 with every layer" in finding.message
+    assert "stays above 0.5 through 3 of 4 stages, down to conv3" in finding.message

@@ -77,7 +77,7 @@ def test_profile_time_budget_samples_the_most_active_filters_first(two_conv: Loa
     cost = plan.model_cost(graph)
     passes = plan.Budget(2**30, forward=8, gradient=4)
     settings = Settings(model="m", checkpoint="c", time_budget=math.inf)
-    full = plan.make_plan(settings, graph, cost, passes, plan.Throughput(1e6, 1e6, 3.0), workload(2))
+    full = plan.make_plan(settings, graph, cost, passes, plan.Throughput(1e6, 1e6, 1e6, 3.0), workload(2))
     assert full.sampled == () and full.settings.visualisation.filters == 0
     limit = full.estimated_seconds * 0.6
     tight = plan.make_plan(
@@ -85,7 +85,7 @@ def test_profile_time_budget_samples_the_most_active_filters_first(two_conv: Loa
         graph,
         cost,
         passes,
-        plan.Throughput(1e6, 1e6, 3.0),
+        plan.Throughput(1e6, 1e6, 1e6, 3.0),
         workload(2),
     )
     assert tight.sampled, "an over-budget plan must say what it sampled"
