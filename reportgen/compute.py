@@ -94,10 +94,11 @@ def _chunks(
     progress: Callable[[int], None] | None,
 ) -> Any:
     """`compute_chunk(start, size)` for every chunk of n examples (fixed size, the last one padded
-    by the callee, so the shape never depends on n), on `workers()` threads; results trimmed to
+    by the callee; a chunk larger than n shrinks to the power of two above n, so a handful of
+    examples is not padded to a budget of thousands), on `workers()` threads; results trimmed to
     the valid rows and written into arrays of n rows allocated once (no list of pieces to
     concatenate: peak memory holds the result once)."""
-    size = chunk_for(chunk)
+    size = chunk_for(min(chunk, 1 << max(0, n - 1).bit_length()))  # no more padding than n's power of two
     lock = threading.Lock()
 
     def one(start: int) -> Any:

@@ -339,7 +339,7 @@ def attribution_view(
         )
         picture = store.add(f"attribution-{k + 1:03d}-image.png", figures.thumbnail(image, zoom=2), probe.names[i])
         error = result.ig_completeness_error[k]
-        completeness = "—" if not np.isfinite(error) else f"{error:.1%}"
+        completeness = "—" if not np.isfinite(error) else f"{error:.2%}"
         rows.append(AttributionRow(picture, probe.names[i], classes[int(result.targets[k])], tiles, completeness))
     scores = score_rows(summary)
     references = [f"{b.title} (reference)" for b in summary.baselines]
@@ -381,12 +381,24 @@ def attribution_view(
         f"The Attribution CAMs use layer {result.cam_layer}, the last feature map before the classifier;"
         " each conv, merge and pooling layer's section shows Grad-CAM, Grad-CAM++ and Layer-CAM at that layer.",
         f"SmoothGrad: {s.smoothgrad_samples} samples, noise {s.smoothgrad_noise:g} of the value range."
-        f" Integrated Gradients: {s.ig_steps} steps, {s.ig_rule} rule, {s.ig_baseline} baseline."
+        f" Integrated Gradients: {s.ig_steps} steps, {s.ig_rule} rule, {s.ig_baseline} baseline"
+        f"{completeness_text(result)}."
         f" Occlusion: {s.occlusion_window}-pixel window, stride {s.occlusion_stride}, black fill.",
         f"Explained class: {s.target}.",
     )
     about = tuple(MethodAbout(m.title, m.needs, m.reference) for m in catalogue.CATALOGUE)
     return AttributionView(titles, about, tuple(rows), scores, curves, sanity_figure, notes)
+
+
+def completeness_text(result: attribution.AttributionResult) -> str:
+    """How closely the IG maps sum to the logit change they explain, as a clause."""
+    errors = result.ig_completeness_error[np.isfinite(result.ig_completeness_error)]
+    if not len(errors):
+        return ""
+    return (
+        f"; each map sums to the class logit's change from the baseline within {errors.max():.2%}"
+        f' (median {np.median(errors):.2%}; "IG error" under each image)'
+    )
 
 
 def score_rows(summary: results.Attribution) -> tuple[MethodScore, ...]:

@@ -54,6 +54,7 @@ def report_markdown(report: Report, link: str = "report.html") -> str:
     model, prov, pred = report.model, report.provenance, report.predictions
     accuracy = "no labels" if pred.accuracy is None else f"{pred.accuracy:.1%} of {pred.labelled_images} labelled"
     flagged = [m.title for m in report.attribution.methods if m.flagged]
+    insensitive = [m.title for m in report.attribution.methods if m.class_insensitive]
     dead = sum(len(layer.dead_filters) for layer in report.layers)
     title = f"reportgen: {escape(model.class_name)}" + (f" — release {escape(prov.release)}" if prov.release else "")
     lines = [f"# {title}", "", f"Full report: [{link}]({link}) (every figure; open it in a browser).", ""]
@@ -70,6 +71,11 @@ def report_markdown(report: Report, link: str = "report.html") -> str:
                 "Attribution sanity",
                 f"{len(flagged)} of {len(report.attribution.methods)} methods survive randomisation"
                 + (": " + ", ".join(flagged) if flagged else ""),
+            ),
+            (
+                "Class sensitivity",
+                f"{len(insensitive)} of {len(report.attribution.methods)} methods draw the same map for another class"
+                + (": " + ", ".join(insensitive) if insensitive else ""),
             ),
             ("Built", f"{prov.date} with reportgen {prov.versions.get('reportgen', '?')}, seed {prov.seed}"),
         ],

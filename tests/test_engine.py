@@ -145,6 +145,26 @@ def test_rules_on_the_negated_objective(sign_split: LoadedModel) -> None:
     np.testing.assert_allclose(grads["deconvnet"], -0.25)
 
 
+def test_deconvnet_differs_from_the_gradient_where_a_unit_is_off(tmp_path: Path) -> None:
+    # logit = mean(relu(x)) alone: the gradient is 1/4 where x > 0 and 0 where the unit is off;
+    # deconvnet passes relu(1/4) back through every unit, whatever the sign of x.
+    variables = {
+        "params": {
+            "split": {"kernel": jnp.asarray([[[[1.0, -1.0]]]])},
+            "out": {"kernel": jnp.asarray([[1.0], [0.0]])},
+        }
+    }
+    model = load_model(f"{SPEC}:SignSplit", save(tmp_path / "ck", variables))
+    x = jnp.asarray([[[1.5], [-2.0]], [[0.5], [-0.25]]], jnp.float32)
+    engine = Engine(model.graph)
+    grads = {
+        rule: np.asarray(engine.gradients(model.variables, x, [], lambda lg, _: lg[0], relu=rule).image_grad)
+        for rule in ("standard", "deconvnet")
+    }
+    np.testing.assert_allclose(grads["standard"], np.where(x > 0, 0.25, 0.0))
+    np.testing.assert_allclose(grads["deconvnet"], 0.25)
+
+
 def test_composes_with_jit_vmap_and_grad(model: LoadedModel) -> None:
     engine = Engine(model.graph)
 

@@ -57,6 +57,22 @@ def test_receptive_fields_of_a_known_stack(tmp_path: Path) -> None:
     assert layers["head"].receptive_field is None
 
 
+def test_receptive_fields_and_flops_of_strided_dilated_and_pooled_layers(tmp_path: Path) -> None:
+    import tiny_models
+    from conftest import save
+
+    ckpt = save(tmp_path / "ck", tiny_models.init_linen(tiny_models.StridedDilated()))
+    layers = {layer.name: layer for layer in load_model(f"{SPEC}:StridedDilated", ckpt).graph.layers}
+    strided, dilated, pool = layers["strided"], layers["dilated"], layers["avg_pool_0"]
+    assert (strided.receptive_field.size, strided.receptive_field.stride) == ((3, 3), (2, 2))
+    assert (dilated.receptive_field.size, dilated.receptive_field.stride) == ((11, 11), (2, 2))
+    assert (pool.receptive_field.size, pool.receptive_field.stride) == ((13, 13), (4, 4))
+    outputs = 4 * 4 * 4  # 8x8 input, stride 2, SAME padding; the dilated conv keeps 4x4
+    # 2 per multiply-add (3x3x3 and 3x3x4 taps; dilation spreads taps, it adds none), bias, relu.
+    assert strided.flops == 2 * outputs * 27 + outputs + outputs
+    assert dilated.flops == 2 * outputs * 36 + outputs + outputs
+
+
 def test_flops_of_a_convolution(linen_checkpoint: Path) -> None:
     conv1 = load_model(f"{SPEC}:TinyLinen", linen_checkpoint).graph.layer("conv1")
     outputs = 8 * 8 * 8

@@ -48,6 +48,20 @@ class TwoConvPool(nn.Module):
         return nn.Dense(2, name="head")(x.reshape((x.shape[0], -1)))
 
 
+class StridedDilated(nn.Module):
+    """A stride-2 3x3 conv, a 3x3 conv with dilation 2, a 2x2 stride-2 average pool: receptive
+    fields 3, 3 + 4 * 2 = 11 and 11 + 1 * 2 = 13 px, strides 2, 2 and 4."""
+
+    input_shape = (8, 8, 3)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Conv(4, (3, 3), strides=(2, 2), name="strided")(x))
+        x = nn.relu(nn.Conv(4, (3, 3), kernel_dilation=(2, 2), name="dilated")(x))
+        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        return nn.Dense(2, name="head")(x.reshape((x.shape[0], -1)))
+
+
 class SignSplit(nn.Module):
     """1x1 conv into relu(x) and relu(-x), global mean, then logit = mean(relu(x)) - mean(relu(-x)).
 
