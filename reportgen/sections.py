@@ -343,7 +343,7 @@ def attribution_view(
         rows.append(AttributionRow(picture, probe.names[i], classes[int(result.targets[k])], tiles, completeness))
     scores = score_rows(summary)
     references = [f"{b.title} (reference)" for b in summary.baselines]
-    every = [*summary.methods, *summary.baselines]
+    every: list[results.MethodScores | results.BaselineScores] = [*summary.methods, *summary.baselines]
     curves = store.add(
         "attribution-faithfulness.png",
         figures.faithfulness_chart(
@@ -410,7 +410,8 @@ def score_rows(summary: results.Attribution) -> tuple[MethodScore, ...]:
         gap = results.auc_gap(entry)
         return -np.inf if gap is None else gap
 
-    ranked = sorted([*summary.methods, *summary.baselines], key=score, reverse=True)
+    entries: list[results.MethodScores | results.BaselineScores] = [*summary.methods, *summary.baselines]
+    ranked = sorted(entries, key=score, reverse=True)
     rows = []
     for rank, entry in enumerate(ranked, start=1):
         gap = results.auc_gap(entry)
