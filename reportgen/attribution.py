@@ -50,7 +50,6 @@ class AttributionResult:
     sanity_ssim: np.ndarray  # (M, stages) mean SSIM with the original maps
     independent: np.ndarray  # (M, stages) mean Spearman of absolute values, only that stage's layers randomised
     independent_ssim: np.ndarray  # (M, stages)
-    class_targets: np.ndarray  # (sanity_images,) the other class each sanity image is explained for
     class_spearman: np.ndarray  # (M,) mean Spearman of absolute values, explained class against the other
     class_ssim: np.ndarray  # (M,) mean SSIM, explained class against the other
     baseline_deletion: np.ndarray  # (N, B, steps + 1): the reference maps' curves (faithfulness.BASELINES)
@@ -431,7 +430,6 @@ def run(
         sanity_ssim=structure,
         independent=independent,
         independent_ssim=independent_ssim,
-        class_targets=others,
         class_spearman=class_spearman,
         class_ssim=class_ssim,
         baseline_deletion=baseline_deletion,

@@ -89,7 +89,7 @@ def attribution_result(**fields: object) -> object:
         layer_cams={}, cam_layer="conv3", deletion=np.zeros((1, m, 3)), insertion=np.ones((1, m, 3)),
         sanity_layers=("logits", "fc1", "conv3", "conv1"), head_stage=2, sanity=np.zeros((m, 4)), sanity_images=1,
         sanity_ssim=np.zeros((m, 4)), independent=np.zeros((m, 4)), independent_ssim=np.zeros((m, 4)),
-        class_targets=np.array([1]), class_spearman=np.zeros(m), class_ssim=np.zeros(m),
+        class_spearman=np.zeros(m), class_ssim=np.zeros(m),
         baseline_deletion=np.zeros((1, 3, 3)), baseline_insertion=np.zeros((1, 3, 3)),
         ig_completeness_error=np.array([0.01]),
     )  # fmt: skip
