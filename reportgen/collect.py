@@ -133,7 +133,7 @@ def attribution_result(
     probe: ProbeSet,
     classes: list[str],
     threshold: float,
-    class_threshold: float = 0.9,
+    class_threshold: float,
 ) -> results.Attribution:
     """Per-method scores (mean over the explained images) and each explained image's AUCs and maps."""
     deletion, insertion = result.deletion_auc(), result.insertion_auc()

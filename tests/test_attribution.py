@@ -187,7 +187,7 @@ def test_a_method_that_survives_randomising_the_head_is_flagged_even_if_it_decay
     sanity[guided] = [0.99, 0.97, 0.93, 0.1]  # survives logits, fc1 and conv3, decays at the bottom
     result = attribution_result(sanity=sanity)
     probe = one_image_probe()
-    summary = collect.attribution_result(result, probe, ["a"], threshold=0.5)
+    summary = collect.attribution_result(result, probe, ["a"], threshold=0.5, class_threshold=0.9)
     flagged = {s.name: s for s in summary.methods if s.flagged}
     assert set(flagged) == {"guided_backprop"}
     assert flagged["guided_backprop"].sanity_head == pytest.approx(0.93)
