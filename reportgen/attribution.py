@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reportgen.analyses import cam, catalogue, faithfulness, methods, occlusion, saliency, sanity
+from reportgen.analyses import cam, catalogue, faithfulness, infidelity, methods, occlusion, road, saliency, sanity
 from reportgen.compute import example_keys, map_examples, map_inner
 from reportgen.config import Settings
 from reportgen.model.engine import Engine
@@ -55,6 +55,13 @@ class AttributionResult:
     baseline_deletion: np.ndarray  # (N, B, steps + 1): the reference maps' curves (faithfulness.BASELINES)
     baseline_insertion: np.ndarray  # (N, B, steps + 1)
     ig_completeness_error: np.ndarray  # (N,) |Σ IG map − (f(x) − f(x′))| / |f(x) − f(x′)|; NaN where f(x) = f(x′)
+    road_morf: np.ndarray  # (N, M, len(road.FRACTIONS)) ROAD, most relevant removed first
+    road_lerf: np.ndarray  # (N, M, len(road.FRACTIONS)) ROAD, least relevant removed first
+    baseline_road_morf: np.ndarray  # (N, B, len(road.FRACTIONS))
+    baseline_road_lerf: np.ndarray  # (N, B, len(road.FRACTIONS))
+    infidelity: np.ndarray  # (N, M) relative infidelity under square removals
+    baseline_infidelity: np.ndarray  # (N, B)
+    max_sensitivity: np.ndarray  # (M,) mean over the sanity images; NaN without perturbed samples
 
     def deletion_auc(self) -> np.ndarray:
         """(N, M) area under each deletion curve (lower is better)."""
@@ -179,7 +186,27 @@ class MethodRunner:
         self._logits = engine.logits
         self._relu_rules = {"guided_backprop": guided, "deconvnet": deconvnet}
         self._starts, self._integrated = starts, integrated
-        self._score, self._occluded, self._curve = score, occluded, curve
+
+        def road_curve(
+            variables: Any,
+            image: jax.Array,
+            target: jax.Array,
+            ranks: jax.Array,
+            key: jax.Array,
+            method: jax.Array,
+            count: jax.Array,
+            most_relevant_first: jax.Array,
+            point: jax.Array,
+        ) -> jax.Array:
+            return road.point_probabilities(
+                engine, variables, image, target, ranks, key, method, count, most_relevant_first, point
+            )
+
+        def squares(variables: Any, image: jax.Array, target: jax.Array, masks: jax.Array) -> jax.Array:
+            return occlusion.occluded_probabilities(engine, variables, image, target, masks, black_image)
+
+        self._score, self._occluded, self._squares = score, occluded, squares
+        self._curve, self._road = curve, road_curve
         self._compute: dict[str, Callable[[_Job], np.ndarray]] = {
             **{name: self._from_shared(name) for name in ("saliency", "gradient_x_input", *catalogue.LAYER_CAMS)},
             **{name: self._relu_rule(name) for name in self._relu_rules},
@@ -315,6 +342,45 @@ class MethodRunner:
         deletion, insertion = values.reshape(n, 2, count, steps + 1).transpose(1, 0, 2, 3)
         return deletion, insertion
 
+    def road_curves(
+        self,
+        variables: Any,
+        images: np.ndarray,
+        targets: np.ndarray,
+        maps: np.ndarray,
+        keys: np.ndarray,
+        passes: Passes,
+        advance: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """ROAD's most- and least-relevant-first curves (N, M, len(road.FRACTIONS)) of `maps`
+        (N, M, H, W); `keys` seed the imputation noise per example."""
+        n, count = maps.shape[:2]
+        method, pixels, most_relevant_first = road.curve_points(maps.shape[2] * maps.shape[3], count)
+        points = np.arange(len(method), dtype=np.int32)
+        chunk, batch = split(passes.forward, n, len(method))
+        values = map_inner(
+            self._road, (variables,), (images, targets, faithfulness.pixel_ranks(maps), keys),
+            (method, pixels, most_relevant_first, points),
+            chunk=chunk, inner_batch=batch, combine="concat", progress=advance,
+        )  # fmt: skip
+        morf, lerf = values.reshape(n, 2, count, len(road.FRACTIONS)).transpose(1, 0, 2, 3)
+        return morf, lerf
+
+    def infidelity(
+        self, variables: Any, images: np.ndarray, targets: np.ndarray, maps: np.ndarray, passes: Passes, seed: int
+    ) -> np.ndarray:
+        """(N, M) relative infidelity of `maps` (N, M, H, W) under `infidelity_samples` random
+        square removals (`infidelity.infidelity`), the squares filled like the deletion curves'."""
+        h, w = images.shape[1:3]
+        squares = infidelity.square_masks(h, w, self.config.infidelity_samples, seed)
+        masks = np.concatenate([np.zeros_like(squares[:1]), squares])  # the image itself first
+        chunk, batch = split(passes.forward, len(images), len(masks))
+        probabilities = map_inner(
+            self._squares, (variables,), (images, targets), (masks,),
+            chunk=chunk, inner_batch=batch, combine="concat",
+        )  # fmt: skip
+        return infidelity.infidelity(maps, squares, probabilities[:, :1] - probabilities[:, 1:])
+
 
 def completeness_error(outputs: MethodOutputs) -> np.ndarray:
     """(N,) relative completeness error of the Integrated Gradients maps: the map should sum to
@@ -389,11 +455,21 @@ def run(
     (deletion, baseline_deletion), (insertion, baseline_insertion) = (
         np.split(curve, [stacked.shape[1]], axis=1) for curve in curves
     )
+    unfaithful = runner.infidelity(model.variables, images, out.targets, every_map, passes, settings.seed)
+    progress.finish()
+
+    progress.start("ROAD curves", len(images))
+    road_keys = example_keys(settings.seed, indices, stream=4)
+    removal = runner.road_curves(model.variables, images, out.targets, every_map, road_keys, passes, progress.advance)
+    (road_morf, baseline_road_morf), (road_lerf, baseline_road_lerf) = (
+        np.split(curve, [stacked.shape[1]], axis=1) for curve in removal
+    )
     progress.finish()
 
     groups = sanity_groups([layer for layer in reversed(model.graph.layers) if layer.param_paths], settings)
     n_sanity = min(settings.attribution.sanity_images, len(images))
-    progress.start("sanity check", 2 * len(groups) + 1)
+    samples = settings.attribution.sensitivity_samples
+    progress.start("sanity check", 2 * len(groups) + 1 + samples)
     sample = (images[:n_sanity], out.targets[:n_sanity], keys[:n_sanity])
     cascade = [
         cascade_similarity(
@@ -414,6 +490,15 @@ def run(
         contrast = importance_maps(runner.run(model.variables, images[:n_sanity], others, keys[:n_sanity], passes))
         class_spearman, class_ssim = sanity.similarity(stacked[:n_sanity], contrast)
     progress.advance(1)
+    perturbed = []
+    for draw in range(samples):  # the same targets and keys: only the input moves
+        noisy = infidelity.sensitivity_inputs(images[:n_sanity], settings.seed, indices[:n_sanity], draw)
+        perturbed.append(importance_maps(runner.run(model.variables, noisy, *sample[1:], passes)))
+        progress.advance(1)
+    sensitivity = np.full(len(catalogue.METHODS), np.nan)
+    if perturbed:
+        changes = infidelity.max_sensitivity(stacked[:n_sanity], np.stack(perturbed))
+        sensitivity = sanity.finite_mean(changes, axis=0)
     progress.finish()
     return AttributionResult(
         indices=indices,
@@ -435,6 +520,13 @@ def run(
         baseline_deletion=baseline_deletion,
         baseline_insertion=baseline_insertion,
         ig_completeness_error=completeness_error(out),
+        road_morf=road_morf,
+        road_lerf=road_lerf,
+        baseline_road_morf=baseline_road_morf,
+        baseline_road_lerf=baseline_road_lerf,
+        infidelity=unfaithful[:, : stacked.shape[1]],
+        baseline_infidelity=unfaithful[:, stacked.shape[1] :],
+        max_sensitivity=sensitivity,
     )
 
 

@@ -8,12 +8,13 @@ import os
 import platform
 from collections.abc import Mapping
 from importlib import metadata
+from typing import Any
 
 import jax
 import numpy as np
 
 from reportgen import attribution, plan, results, visualisation
-from reportgen.analyses import catalogue, faithfulness, predictions
+from reportgen.analyses import catalogue, faithfulness, predictions, road, sanity
 from reportgen.analyses.activations import LayerStatistics
 from reportgen.config import Settings, as_dict
 from reportgen.data import ProbeSet
@@ -161,6 +162,8 @@ def attribution_result(
                 class_insensitive=all(v is not None and v > class_threshold for v in (class_spearman, class_ssim)),
                 independent_spearman=_floats(result.independent[m]),
                 independent_ssim=_floats(result.independent_ssim[m]),
+                max_sensitivity=_float(float(result.max_sensitivity[m])),
+                **_removal_scores(result.road_morf[:, m], result.road_lerf[:, m], result.infidelity[:, m]),
             )
         )
     images = tuple(
@@ -187,6 +190,9 @@ def attribution_result(
             insertion_auc=_float(float(base_insertion[:, b].mean())),
             deletion_curve=_floats(result.baseline_deletion[:, b].mean(axis=0)),
             insertion_curve=_floats(result.baseline_insertion[:, b].mean(axis=0)),
+            **_removal_scores(
+                result.baseline_road_morf[:, b], result.baseline_road_lerf[:, b], result.baseline_infidelity[:, b]
+            ),
         )
         for b, name in enumerate(faithfulness.BASELINES)
     )
@@ -200,7 +206,20 @@ def attribution_result(
         sanity_threshold=float(threshold),
         class_threshold=float(class_threshold),
         baselines=baselines,
+        road_fractions=road.FRACTIONS,
     )
+
+
+def _removal_scores(morf: np.ndarray, lerf: np.ndarray, unfaithful: np.ndarray) -> dict[str, Any]:
+    """ROAD and infidelity fields of one map's scores from its per-image ROAD curves (N, points)
+    and infidelity (N,), averaged over the images."""
+    return {
+        "road_morf": _float(float(morf.mean())),
+        "road_lerf": _float(float(lerf.mean())),
+        "road_morf_curve": _floats(morf.mean(axis=0)),
+        "road_lerf_curve": _floats(lerf.mean(axis=0)),
+        "infidelity": _float(float(sanity.finite_mean(unfaithful, axis=0))),
+    }
 
 
 def class_images(vis: visualisation.ClassVisualisation, classes: list[str]) -> tuple[results.ClassImage, ...]:

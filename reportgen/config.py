@@ -23,17 +23,38 @@ from reportgen.errors import UserError
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "layers": {"activation_images": 2, "channel_images": 6, "channels_across": 8},
-        "attribution": {"images": 8, "sanity_images": 2, "smoothgrad_samples": 8, "ig_steps": 16},
+        "attribution": {
+            "images": 8,
+            "sanity_images": 2,
+            "smoothgrad_samples": 8,
+            "ig_steps": 16,
+            "infidelity_samples": 16,
+            "sensitivity_samples": 2,
+        },
         "visualisation": {"filters": 8, "steps": 32, "class_steps": 48},
     },
     "standard": {
         "layers": {"activation_images": 4, "channel_images": 10, "channels_across": 16},
-        "attribution": {"images": 43, "sanity_images": 4, "smoothgrad_samples": 16, "ig_steps": 32},
+        "attribution": {
+            "images": 43,
+            "sanity_images": 4,
+            "smoothgrad_samples": 16,
+            "ig_steps": 32,
+            "infidelity_samples": 32,
+            "sensitivity_samples": 4,
+        },
         "visualisation": {"filters": 0, "steps": 64, "class_steps": 128},
     },
     "full": {
         "layers": {"activation_images": 0, "channel_images": 0, "channels_across": 0},
-        "attribution": {"images": 0, "sanity_images": 8, "smoothgrad_samples": 32, "ig_steps": 64},
+        "attribution": {
+            "images": 0,
+            "sanity_images": 8,
+            "smoothgrad_samples": 32,
+            "ig_steps": 64,
+            "infidelity_samples": 64,
+            "sensitivity_samples": 8,
+        },
         "visualisation": {"filters": 0, "steps": 256, "class_steps": 256},
     },
 }
@@ -78,6 +99,8 @@ class AttributionSettings:
     occlusion_window: int = 8
     occlusion_stride: int = 4
     faithfulness_steps: int = 16
+    infidelity_samples: int = 32  # random square removals of the infidelity score
+    sensitivity_samples: int = 4  # perturbed copies per sanity image for max-sensitivity (0: none)
 
 
 @dataclass(frozen=True)
@@ -155,6 +178,7 @@ AT_LEAST_ONE = frozenset(
         "attribution.occlusion_window",
         "attribution.occlusion_stride",
         "attribution.faithfulness_steps",
+        "attribution.infidelity_samples",
         "visualisation.steps",
         "visualisation.images_per_filter",
         "visualisation.class_steps",

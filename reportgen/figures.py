@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib
@@ -217,28 +218,39 @@ def cam_rows(images: np.ndarray, rows: Sequence[np.ndarray]) -> bytes:
     return png(grid(tiles, len(images), zoom_for(images.shape[1], 64), gap=2))
 
 
-def faithfulness_chart(
-    titles: Sequence[str], deletion: np.ndarray, insertion: np.ndarray, references: int = 0
-) -> bytes:
-    """Mean deletion and insertion curves (maps × steps) side by side; the last `references` rows
-    are reference maps, drawn in grey."""
-    x = np.linspace(0, 1, deletion.shape[1])
+@dataclass(frozen=True)
+class CurvePanel:
+    """One plot of the faithfulness chart: every map's mean curve (maps × points) over `x`."""
+
+    title: str
+    xlabel: str
+    x: np.ndarray
+    curves: np.ndarray
+
+
+def faithfulness_chart(titles: Sequence[str], panels: Sequence[CurvePanel], references: int = 0) -> bytes:
+    """Mean faithfulness curves, two panels to a row, one legend; the last `references` rows of
+    every panel's curves are reference maps, drawn as grey dotted lines."""
     methods = len(titles) - references
     greys = ["#555555", "#888888", "#aaaaaa"]
+    styles = ["-", "--", ":", "-."]
+    rows = -(-len(panels) // 2)
     with matplotlib.rc_context(CHART_RC):
-        fig = Figure(figsize=(9.5, 3.4), layout="constrained")
-        left, right = fig.subplots(1, 2, sharey=True)
-        styles = ["-", "--", ":", "-."]
-        for k, title in enumerate(titles):
-            if k < methods:
-                style = {"linestyle": styles[k // 10 % len(styles)], "lw": 1.3}
-            else:
-                style = {"linestyle": (0, (1, 1)), "lw": 2.0, "color": greys[(k - methods) % len(greys)]}
-            left.plot(x, deletion[k], label=title, **style)
-            right.plot(x, insertion[k], label=title, **style)
-        left.set(title="Deletion (lower is better)", xlabel="fraction of pixels removed", ylabel="class probability")
-        right.set(title="Insertion (higher is better)", xlabel="fraction of pixels revealed")
-        right.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+        fig = Figure(figsize=(9.5, 3.1 * rows + 0.3), layout="constrained")
+        axes = fig.subplots(rows, 2, sharey=True, squeeze=False).ravel()
+        for ax, panel in zip(axes, panels, strict=False):
+            for k, title in enumerate(titles):
+                if k < methods:
+                    style = {"linestyle": styles[k // 10 % len(styles)], "lw": 1.3}
+                else:
+                    style = {"linestyle": (0, (1, 1)), "lw": 2.0, "color": greys[(k - methods) % len(greys)]}
+                ax.plot(panel.x, panel.curves[k], label=title, **style)
+            ax.set(title=panel.title, xlabel=panel.xlabel)
+        for ax in axes[len(panels) :]:
+            ax.set_visible(False)
+        for ax in axes[::2]:
+            ax.set_ylabel("class probability")
+        axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
         return _save(fig)
 
 

@@ -306,6 +306,11 @@ WRITE_SECONDS = 2.0
 FIGURE_SECONDS = 0.01
 """Rough seconds to draw and encode one image figure (numpy tiles and PNG), for the estimate."""
 
+IMPUTATION_FLOPS = 60
+"""FLOPs per input element and per unit of (height + width) of ROAD's imputation: at most
+2 (H + W) conjugate-gradient iterations of about 30 FLOPs per element (eight neighbour taps and
+the vector updates)."""
+
 CHART_SECONDS = 0.3
 """Rough seconds to draw one matplotlib chart (two per layer: statistics and filter norms)."""
 
@@ -338,6 +343,7 @@ def stage_plans(
     from reportgen.analyses.catalogue import METHODS
     from reportgen.analyses.faithfulness import BASELINES
     from reportgen.analyses.occlusion import window_masks
+    from reportgen.analyses.road import FRACTIONS
 
     devices = jax.device_count()
     h, w = graph.input_shape[:2]
@@ -345,7 +351,11 @@ def stage_plans(
     cam_channels = graph.layer(graph.cam_layer).output_shape[-1]
     grad_passes, fwd_passes = attribution_passes(settings, cam_channels, windows)
     f = cost.forward_flops
-    curve_points = 2 * (len(METHODS) + len(BASELINES)) * (settings.attribution.faithfulness_steps + 1)
+    a = settings.attribution
+    maps = len(METHODS) + len(BASELINES)
+    curve_points = 2 * maps * (a.faithfulness_steps + 1) + a.infidelity_samples + 1
+    road_points = 2 * maps * len(FRACTIONS)
+    road_flops = road_points * (f + IMPUTATION_FLOPS * (h + w) * h * w * graph.input_shape[2])
     grad_bytes = int(GRADIENT_MEMORY * cost.activation_bytes)
     fwd_bytes = int(FORWARD_MEMORY * cost.activation_bytes)
     compile_seconds = throughput.compile_seconds
@@ -365,10 +375,13 @@ def stage_plans(
         return StagePlan(name, chunk, inner, forward + gradient, seconds, nbytes)
 
     forward_chunk = spread(passes.forward, work.probe_images, passes.workers, devices)
-    a_chunk, a_inner = split(passes.gradient, work.attribution_images, max(settings.attribution.smoothgrad_samples, 2))
+    inner = max(settings.attribution.smoothgrad_samples, 2)
+    a_chunk, a_inner = split(passes.gradient, work.attribution_images, inner)
     f_chunk, f_inner = split(passes.forward, work.attribution_images, curve_points)
+    r_chunk, r_inner = split(passes.forward, work.attribution_images, road_points)
     explained = work.attribution_images
-    checked = (2 * work.sanity_stages + 1) * work.sanity_images  # cumulative, independent, the other class
+    # cumulative, independent, the other class, perturbed inputs
+    checked = (2 * work.sanity_stages + 1 + a.sensitivity_samples) * work.sanity_images
 
     def gradient_rate(examples: int) -> float:
         """Gradient speed of a stage over `examples` images: with fewer images than the gradient
@@ -393,6 +406,7 @@ def stage_plans(
             gradient_rate(explained),
         ),
         stage("faithfulness curves", f_chunk, f_inner, explained * curve_points * f, 0, f_chunk * f_inner * fwd_bytes),
+        stage("ROAD curves", r_chunk, r_inner, explained * road_flops, 0, r_chunk * r_inner * fwd_bytes),
         stage(
             "sanity check",
             a_chunk,
@@ -400,7 +414,8 @@ def stage_plans(
             checked * f * fwd_passes,
             checked * 2 * f * grad_passes,
             a_chunk * a_inner * grad_bytes,
-            0,  # the attribution programs, already compiled
+            # the attribution programs again, unless the sanity images are sliced the same way
+            0 if split(passes.gradient, work.sanity_images, inner) == (a_chunk, a_inner) else ATTRIBUTION_PROGRAMS,
             gradient_rate(work.sanity_images),
         ),
     ]

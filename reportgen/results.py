@@ -145,6 +145,12 @@ class MethodScores:
     class_insensitive: bool = False  # the two maps are alike (Spearman and SSIM above the class threshold)
     independent_spearman: tuple[float | None, ...] = ()  # per stage, only that stage's layers randomised
     independent_ssim: tuple[float | None, ...] = ()
+    road_morf: float | None = None  # ROAD: mean class probability, most relevant pixels imputed first (lower is better)
+    road_lerf: float | None = None  # least relevant first (higher is better)
+    road_morf_curve: tuple[float | None, ...] = ()  # at each of road.FRACTIONS
+    road_lerf_curve: tuple[float | None, ...] = ()
+    infidelity: float | None = None  # relative, under random square removals (0 best, 1 predicts nothing)
+    max_sensitivity: float | None = None  # largest relative change of the map under tiny input noise
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,11 @@ class BaselineScores:
     insertion_auc: float | None
     deletion_curve: tuple[float | None, ...]
     insertion_curve: tuple[float | None, ...]
+    road_morf: float | None = None
+    road_lerf: float | None = None
+    road_morf_curve: tuple[float | None, ...] = ()
+    road_lerf_curve: tuple[float | None, ...] = ()
+    infidelity: float | None = None
 
 
 def auc_gap(scores: MethodScores | BaselineScores) -> float | None:
@@ -209,6 +220,7 @@ class Attribution:
     sanity_threshold: float
     baselines: tuple[BaselineScores, ...] = ()
     class_threshold: float | None = None  # Spearman and SSIM above which a method is class-insensitive
+    road_fractions: tuple[float, ...] = ()  # shares of the pixels imputed at the ROAD curves' points
 
 
 @dataclass(frozen=True)

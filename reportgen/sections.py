@@ -344,17 +344,29 @@ def attribution_view(
     scores = score_rows(summary)
     references = [f"{b.title} (reference)" for b in summary.baselines]
     every: list[results.MethodScores | results.BaselineScores] = [*summary.methods, *summary.baselines]
+
+    def panel(title: str, xlabel: str, x: np.ndarray, field: str) -> figures.CurvePanel:
+        return figures.CurvePanel(title, xlabel, x, np.array([getattr(m, field) for m in every], np.float64))
+
+    steps = np.linspace(0, 1, len(summary.methods[0].deletion_curve))
+    fractions = np.asarray(summary.road_fractions)
+    panels = [
+        panel("Deletion (lower is better)", "fraction of pixels turned black", steps, "deletion_curve"),
+        panel("Insertion (higher is better)", "fraction of pixels revealed", steps, "insertion_curve"),
+    ]
+    if summary.road_fractions and all(len(m.road_morf_curve) == len(fractions) for m in every):
+        imputed = "fraction of pixels imputed"
+        panels += [
+            panel("ROAD, most relevant first (lower is better)", imputed, fractions, "road_morf_curve"),
+            panel("ROAD, least relevant first (higher is better)", imputed, fractions, "road_lerf_curve"),
+        ]
     curves = store.add(
         "attribution-faithfulness.png",
-        figures.faithfulness_chart(
-            (*titles, *references),
-            np.array([m.deletion_curve for m in every], np.float64),
-            np.array([m.insertion_curve for m in every], np.float64),
-            len(references),
-        ),
-        "deletion and insertion curves",
-        "Mean class probability as the most important pixels are removed (left, turned black) or revealed"
-        " on a blurred copy (right); the dotted grey curves are the reference maps.",
+        figures.faithfulness_chart((*titles, *references), panels, len(references)),
+        "deletion, insertion and ROAD curves",
+        "Mean class probability as the most important pixels are turned black (deletion) or revealed on a"
+        " blurred copy (insertion), and as the most or least important are filled in from their neighbours"
+        " (ROAD); the dotted grey curves are the reference maps.",
     )
     flagged = [bool(verdict(m, summary.sanity_threshold)) for m in summary.methods]
     sanity_figure = store.add(
@@ -415,7 +427,7 @@ def score_rows(summary: results.Attribution) -> tuple[MethodScore, ...]:
     rows = []
     for rank, entry in enumerate(ranked, start=1):
         gap = results.auc_gap(entry)
-        beats, head, final, contrast, said = "", "—", "—", "—", ""
+        beats, head, final, contrast, said, sensitivity = "", "—", "—", "—", "", "—"
         if isinstance(entry, results.MethodScores):
             beaten = [name for name, floor in floors if gap is not None and floor is not None and gap > floor]
             beats = ", ".join(beaten) or "none"
@@ -424,6 +436,8 @@ def score_rows(summary: results.Attribution) -> tuple[MethodScore, ...]:
             final = pair(entry.sanity_final, structure[-1] if structure else None)
             contrast = pair(entry.class_spearman, entry.class_ssim)
             said = verdict(entry, summary.sanity_threshold)
+            sensitivity = number(entry.max_sensitivity, ".2f")
+        road_pair = "—" if entry.road_morf is None else f"{entry.road_morf:.3f} / {number(entry.road_lerf, '.3f')}"
         rows.append(
             MethodScore(
                 rank,
@@ -431,10 +445,13 @@ def score_rows(summary: results.Attribution) -> tuple[MethodScore, ...]:
                 number(entry.deletion_auc, ".3f"),
                 number(entry.insertion_auc, ".3f"),
                 number(gap, ".3f"),
+                road_pair,
+                number(entry.infidelity, ".2f"),
                 beats,
                 head,
                 final,
                 contrast,
+                sensitivity,
                 said,
                 isinstance(entry, results.BaselineScores),
             )

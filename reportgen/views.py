@@ -131,10 +131,13 @@ class MethodScore:
     deletion: str
     insertion: str
     gap: str  # insertion minus deletion AUC, the ranking score
+    road: str  # "MoRF / LeRF" mean class probability under ROAD
+    infidelity: str
     beats: str  # the reference maps a method orders pixels better than ("" for a reference map)
     sanity_head: str  # "Spearman / SSIM" with the original maps, head randomised
     sanity: str  # the same, every layer randomised
     contrast: str  # "Spearman / SSIM" of the maps for the explained and a random other class
+    sensitivity: str  # max-sensitivity under tiny input noise
     verdict: str  # "" or a warning
     reference: bool  # a reference map, not a method
 

@@ -91,7 +91,9 @@ def attribution_result(**fields: object) -> object:
         sanity_ssim=np.zeros((m, 4)), independent=np.zeros((m, 4)), independent_ssim=np.zeros((m, 4)),
         class_spearman=np.zeros(m), class_ssim=np.zeros(m),
         baseline_deletion=np.zeros((1, 3, 3)), baseline_insertion=np.zeros((1, 3, 3)),
-        ig_completeness_error=np.array([0.01]),
+        ig_completeness_error=np.array([0.01]), road_morf=np.zeros((1, m, 9)), road_lerf=np.ones((1, m, 9)),
+        baseline_road_morf=np.zeros((1, 3, 9)), baseline_road_lerf=np.ones((1, 3, 9)),
+        infidelity=np.zeros((1, m)), baseline_infidelity=np.ones((1, 3)), max_sensitivity=np.zeros(m),
     )  # fmt: skip
     default.update({k: np.asarray(v) if isinstance(v, list) else v for k, v in fields.items()})
     return AttributionResult(**default)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tiny_models
 from conftest import SPEC, save
 
 from reportgen import api, findings, results, sections
-from reportgen.analyses import catalogue, faithfulness
+from reportgen.analyses import catalogue, faithfulness, infidelity, road
 from reportgen.analyses.methods import AttributionConfig
 from reportgen.attribution import MethodRunner, completeness_error
 from reportgen.compute import example_keys
@@ -158,3 +159,60 @@ def test_reports_without_reference_maps_or_completeness_still_read(tmp_path: Pat
     old = serial.from_json(results.Attribution, data)
     assert old.baselines == () and old.images[0].ig_completeness_error is None
     assert findings.faithfulness_findings(old) == [] and findings.completeness_findings(old) == []
+
+
+def test_roads_imputation_is_the_weighted_mean_of_the_neighbours() -> None:
+    """Rong et al.'s weights: 1/6 for the four edge neighbours, 1/12 for the diagonal ones."""
+    image = np.array([[5.0, 1.0, 6.0], [2.0, 0.0, 3.0], [7.0, 4.0, 8.0]], np.float32)[..., None]
+    centre = np.zeros((3, 3), bool)
+    centre[1, 1] = True
+    filled = np.asarray(road.impute(jnp.asarray(image), jnp.asarray(centre)))
+    assert filled[1, 1, 0] == pytest.approx((1 + 2 + 3 + 4) / 6 + (5 + 6 + 7 + 8) / 12, rel=1e-5)
+    np.testing.assert_array_equal(np.delete(filled.ravel(), 4), np.delete(image.ravel(), 4))
+    # A corner has three neighbours inside the image: their weights are renormalised.
+    corner = np.zeros((3, 3), bool)
+    corner[0, 0] = True
+    filled = np.asarray(road.impute(jnp.asarray(image), jnp.asarray(corner)))
+    assert filled[0, 0, 0] == pytest.approx((1 / 6 + 2 / 6 + 0 / 12) / (5 / 12), rel=1e-5)
+
+
+def test_infidelity_fits_the_best_non_negative_scale_worked_by_hand() -> None:
+    squares = np.zeros((2, 2, 2), bool)
+    squares[0, 0, 0] = True  # one pixel
+    squares[1] = True  # the whole image
+    maps = np.array([[[[1.0, 0.0], [0.0, 1.0]]]])  # summed over the squares: a = (1, 2)
+    got = infidelity.infidelity(maps, squares, np.array([[1.0, 2.0], [2.0, 1.0], [-1.0, -2.0], [0.0, 0.0]]))
+    # b = a: predicted exactly. b = (2, 1): 1 - (ab)² / (a² b²) = 1 - 16 / 25. b = -a: beta 0, so 1.
+    np.testing.assert_allclose(got[:3, 0], [0.0, 0.36, 1.0], atol=1e-12)
+    assert np.isnan(got[3, 0])  # no square changed the probability
+    scaled = infidelity.infidelity(7 * maps, squares, np.array([[2.0, 1.0]]))
+    assert scaled[0, 0] == pytest.approx(0.36)  # the map's scale does not matter
+
+
+def test_max_sensitivity_is_the_largest_relative_change_worked_by_hand() -> None:
+    original = np.array([[[[3.0, 4.0]]]])  # one image, one method, a 1x2 map of norm 5
+    perturbed = np.stack([original + np.array([0.0, 1.0]), original + np.array([3.0, 0.0])])
+    assert infidelity.max_sensitivity(original, perturbed)[0, 0] == pytest.approx(3 / 5)
+    assert np.isnan(infidelity.max_sensitivity(0 * original, perturbed)[0, 0])
+
+
+def test_sensitivity_inputs_stay_in_the_box_and_depend_on_seed_index_and_sample() -> None:
+    images = np.random.default_rng(0).random((2, 4, 4, 3)).astype(np.float32) * 4
+    noisy = infidelity.sensitivity_inputs(images, seed=1, indices=np.array([5, 9]), sample=0)
+    spread = images.max(axis=(1, 2, 3)) - images.min(axis=(1, 2, 3))
+    change = np.abs(noisy - images).max(axis=(1, 2, 3))
+    assert np.all(change <= infidelity.SENSITIVITY_RADIUS * spread + 1e-6) and np.all(change > 0)
+    alone = infidelity.sensitivity_inputs(images[1:], seed=1, indices=np.array([9]), sample=0)
+    np.testing.assert_array_equal(alone[0], noisy[1])
+    assert not np.allclose(infidelity.sensitivity_inputs(images, 1, np.array([5, 9]), sample=1), noisy)
+
+
+def test_square_masks_are_squares_inside_the_image_from_the_seed() -> None:
+    masks = infidelity.square_masks(16, 12, count=50, seed=3)
+    for mask in masks:
+        rows, cols = np.nonzero(mask)
+        side = rows.max() - rows.min() + 1
+        assert side == cols.max() - cols.min() + 1 and mask.sum() == side * side
+        assert 12 // 8 <= side <= 12 // 2
+    np.testing.assert_array_equal(masks, infidelity.square_masks(16, 12, count=50, seed=3))
+    assert not np.array_equal(masks, infidelity.square_masks(16, 12, count=50, seed=4))

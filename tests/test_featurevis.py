@@ -190,3 +190,23 @@ def test_warp_equals_bilinear_map_coordinates_with_reflected_edges(seed: int) ->
     for ch in range(3):
         expected = jax.scipy.ndimage.map_coordinates(image[..., ch], [sy, sx], order=1, mode="reflect")
         np.testing.assert_allclose(ours[..., ch], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_each_class_image_is_classified_as_its_own_class(tmp_path: Path) -> None:
+    """ConvGap with weights that make logit k = 2·mean(relu(channel k)) − the other channels'
+    means: its class image is pure channel k, which the model puts in class k."""
+    kernel = np.zeros((3, 3, 3, 4), np.float32)
+    kernel[1, 1, [0, 1, 2], [0, 1, 2]] = 1.0  # filter k passes channel k through; filter 3 is off
+    head = np.zeros((4, 3), np.float32)
+    head[:3] = 3 * np.eye(3) - 1
+    variables = {
+        "params": {
+            "conv": {"kernel": kernel, "bias": np.zeros(4, np.float32)},
+            "out": {"kernel": head, "bias": np.zeros(3, np.float32)},
+        }
+    }
+    model = api.load_model(f"{SPEC}:ConvGap", save(tmp_path / "ck", variables))
+    images = api.class_visualization(model, steps=64)
+    classes = np.arange(3)
+    np.testing.assert_array_equal(api.predict(model, images).argmax(axis=1), classes)
+    np.testing.assert_array_equal(images.mean(axis=(1, 2)).argmax(axis=1), classes)

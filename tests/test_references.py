@@ -3,6 +3,8 @@ noise samples that call the Flax module itself, not reportgen's engine."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,11 @@ import tiny_models
 from conftest import SPEC, save
 
 from reportgen import api
+from reportgen.analyses import infidelity, road
+from reportgen.analyses.methods import AttributionConfig
+from reportgen.attribution import MethodRunner
 from reportgen.compute import RANDOM_BITS, example_keys
+from reportgen.model.engine import Engine
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +105,87 @@ def test_guided_grad_cam_is_guided_backprop_times_the_upsampled_grad_cam(conv_ga
     expected = out["guided_backprop"] * out["grad_cam"][..., None]
     np.testing.assert_allclose(out["guided_grad_cam"], expected, rtol=1e-5, atol=1e-7)
     assert np.abs(out["guided_grad_cam"]).max() > 0
+
+
+def dense_imputation(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """ROAD's linear imputation by building its equations one pixel at a time and solving them."""
+    h, w, channels = image.shape
+    unknown = {pixel: k for k, pixel in enumerate(zip(*np.nonzero(removed), strict=True))}
+    weights = [(dy, dx, 1 / 6 if dy == 0 or dx == 0 else 1 / 12) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    out = image.astype(np.float64)
+    for c in range(channels):
+        a, b = np.zeros((len(unknown), len(unknown))), np.zeros(len(unknown))
+        for (i, j), k in unknown.items():
+            for dy, dx, weight in weights:
+                y, x = i + dy, j + dx
+                if (dy, dx) == (0, 0) or not (0 <= y < h and 0 <= x < w):
+                    continue
+                a[k, k] += weight
+                if (y, x) in unknown:
+                    a[k, unknown[y, x]] -= weight
+                else:
+                    b[k] += weight * image[y, x, c]
+        for (i, j), value in zip(unknown, np.linalg.solve(a, b), strict=True):
+            out[i, j, c] = value
+    return out
+
+
+def road_runner(model) -> tuple[MethodRunner, object]:
+    runner = MethodRunner(
+        Engine(model.graph), AttributionConfig(infidelity_samples=12), "conv", [], np.zeros((6, 6, 3))
+    )
+    return runner, api._passes(model, None)
+
+
+def test_road_curves_equal_a_loop_over_fractions(conv_gap, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Noise off, every point is: rank the map's pixels, remove the top (MoRF) or bottom (LeRF)
+    share, solve the imputation densely, and read the class probability from the Flax module."""
+    model, variables = conv_gap
+    x, targets = images(2, 7), np.array([0, 2])
+    maps = np.random.default_rng(8).random((2, 2, 6, 6))
+    monkeypatch.setattr(road, "NOISE", 0.0)
+    runner, passes = road_runner(model)
+    morf, lerf = runner.road_curves(model.variables, x, targets, maps, example_keys(0, np.arange(2)), passes)
+    for n in range(2):
+        for m in range(2):
+            order = np.argsort(-maps[n, m].ravel(), kind="stable")
+            for f, fraction in enumerate(road.FRACTIONS):
+                count = round(fraction * 36)
+                for got, chosen in ((morf, order[:count]), (lerf, order[36 - count :])):
+                    removed = np.isin(np.arange(36), chosen).reshape(6, 6)
+                    expected = probabilities(variables, dense_imputation(x[n], removed)[None])[0, targets[n]]
+                    assert got[n, m, f] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def test_road_noise_is_small_and_the_same_for_any_chunk_size(conv_gap) -> None:
+    model, _ = conv_gap
+    x, targets = images(3, 9), np.array([1, 0, 2])
+    maps = np.random.default_rng(10).random((3, 2, 6, 6))
+    keys = example_keys(0, np.arange(3))
+    runner, passes = road_runner(model)
+    noisy = runner.road_curves(model.variables, x, targets, maps, keys, passes)
+    one_at_a_time = runner.road_curves(model.variables, x, targets, maps, keys, dataclasses.replace(passes, forward=1))
+    np.testing.assert_allclose(one_at_a_time, noisy, rtol=1e-5, atol=1e-7)
+    quiet_runner, _ = road_runner(model)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(road, "NOISE", 0.0)
+        quiet = quiet_runner.road_curves(model.variables, x, targets, maps, keys, passes)
+    difference = np.abs(np.asarray(noisy) - np.asarray(quiet))
+    assert 0 < difference.max() < 0.05
+
+
+def test_infidelity_equals_a_loop_over_removed_squares(conv_gap) -> None:
+    model, variables = conv_gap
+    x, targets = images(2, 11), np.array([2, 1])
+    maps = np.random.default_rng(12).normal(size=(2, 3, 6, 6))
+    runner, passes = road_runner(model)
+    got = runner.infidelity(model.variables, x, targets, maps, passes, seed=5)
+    squares = infidelity.square_masks(6, 6, 12, seed=5)
+    for n in range(2):
+        removed = np.where(squares[..., None], 0.0, x[n])  # black is zero in this model's input space
+        drops = probabilities(variables, x[n : n + 1])[0, targets[n]] - probabilities(variables, removed)[:, targets[n]]
+        for m in range(3):
+            a = (maps[n, m] * squares).sum(axis=(1, 2))
+            beta = max(0.0, (a * drops).sum() / (a * a).sum())
+            expected = ((beta * a - drops) ** 2).sum() / (drops**2).sum()
+            assert got[n, m] == pytest.approx(expected, rel=1e-4, abs=1e-6)

@@ -31,12 +31,13 @@ BASELINE_TITLES = {"random": "Random map", "centre": "Centre map", "edge": "Edge
 def baseline_maps(images: np.ndarray, seed: int, indices: np.ndarray) -> np.ndarray:
     """(N, 3, H, W) reference maps of `images` (N, H, W, C), in `BASELINES` order: uniform noise
     drawn from (seed, probe index), so an image gets the same map whatever else is explained;
-    minus the squared distance to the image centre; and the Sobel gradient magnitude, summed
-    over channels."""
+    closeness to the centre (the largest squared distance to it minus the pixel's); and the
+    Sobel gradient magnitude, summed over channels."""
     n, h, w = images.shape[:3]
     noise = np.stack([np.random.default_rng((seed, int(i))).random((h, w)) for i in indices])
     rows, cols = np.mgrid[:h, :w]
-    centre = -((rows - (h - 1) / 2) ** 2 + (cols - (w - 1) / 2) ** 2)
+    distance = (rows - (h - 1) / 2) ** 2 + (cols - (w - 1) / 2) ** 2
+    centre = distance.max() - distance  # non-negative, like the unsigned maps it stands in for
     maps = [noise, np.broadcast_to(centre, (n, h, w)), sobel_magnitude(images)]
     return np.stack(maps, axis=1).astype(np.float32)
 

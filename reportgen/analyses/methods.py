@@ -23,6 +23,7 @@ class AttributionConfig:
     occlusion_window: int = 8
     occlusion_stride: int = 4
     faithfulness_steps: int = 16
+    infidelity_samples: int = 32
     occlusion_fill: float | None = None  # occluded pixels' value in model space (None: the black image)
 
 

@@ -93,6 +93,11 @@ def similarity(original: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.
     n, m = original.shape[:2]
     rho = np.array([[spearman(np.abs(original[i, k]), np.abs(other[i, k])) for i in range(n)] for k in range(m)])
     structure = np.array([[ssim(original[i, k], other[i, k]) for i in range(n)] for k in range(m)])
-    counted = np.isfinite(structure).sum(axis=1)
-    mean_structure = np.where(counted > 0, np.nansum(structure, axis=1) / np.maximum(counted, 1), np.nan)
-    return rho.mean(axis=1), mean_structure
+    return rho.mean(axis=1), finite_mean(structure, axis=1)
+
+
+def finite_mean(values: np.ndarray, axis: int) -> np.ndarray:
+    """Mean of the finite values along `axis`; NaN where there are none (without numpy's warning)."""
+    counted = np.isfinite(values).sum(axis=axis)
+    total = np.where(np.isfinite(values), values, 0).sum(axis=axis)
+    return np.where(counted > 0, total / np.maximum(counted, 1), np.nan)
