@@ -116,6 +116,10 @@ class MethodChange:
     new_flagged: bool
     map_correlation: float | None
     compared_images: int
+    old_road_morf: float | None = None
+    new_road_morf: float | None = None
+    old_infidelity: float | None = None
+    new_infidelity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -349,6 +353,10 @@ def _methods(old: Report, new: Report) -> tuple[MethodChange, ...]:
                 new_flagged=method.flagged,
                 map_correlation=float(np.mean(correlations)) if correlations else None,
                 compared_images=len(correlations),
+                old_road_morf=previous.road_morf,
+                new_road_morf=method.road_morf,
+                old_infidelity=previous.infidelity,
+                new_infidelity=method.infidelity,
             )
         )
     return tuple(rows)

@@ -129,6 +129,8 @@ def diff_view(diff: Diff, gates: Sequence[tuple[str, bool, str]], folders: tuple
             m.title,
             compared("deletion", m.old_deletion_auc, m.new_deletion_auc, SCORE, "lower"),
             compared("insertion", m.old_insertion_auc, m.new_insertion_auc, SCORE, "higher"),
+            compared("ROAD", m.old_road_morf, m.new_road_morf, SCORE, "lower"),
+            compared("infidelity", m.old_infidelity, m.new_infidelity, "{:.2f}", "lower"),
             compared("sanity", m.old_sanity, m.new_sanity, "{:.2f}", "zero"),
             _cell(m.map_correlation, "{:.2f}") + (f" ({m.compared_images} images)" if m.compared_images else ""),
             {

@@ -488,17 +488,20 @@ def vis_stage_name(layers: tuple[str, ...]) -> str:
 
 
 def scaled(work: Workload, fraction: float) -> Workload:
-    """`work` with every reducible count scaled by `fraction` (at least 1 of each; 2 sanity stages)."""
+    """`work` with every reducible count scaled by `fraction` (at least 1 of each; 2 sanity stages).
+    Filters are capped as `visualisation.filters` caps them: the widest layer's count scaled, and
+    every layer keeping up to that many."""
 
     def part(count: int, least: int = 1) -> int:
         return min(count, max(least, round(count * fraction)))
 
+    cap = part(max(work.vis_filters.values(), default=0))
     return dataclasses.replace(
         work,
         attribution_images=part(work.attribution_images),
         sanity_images=part(work.sanity_images),
         sanity_stages=part(work.sanity_stages, 2),
-        vis_filters={layer: part(count) for layer, count in work.vis_filters.items()},
+        vis_filters={layer: min(count, cap) for layer, count in work.vis_filters.items()},
         classes=part(work.classes),
     )
 

@@ -260,6 +260,8 @@ class MethodChangeRow:
     title: str
     deletion: Compared
     insertion: Compared
+    road: Compared  # ROAD, most relevant first
+    infidelity: Compared
     sanity: Compared
     map_correlation: str
     verdict: str

@@ -96,6 +96,11 @@ def test_diff_shows_the_changes_made_to_the_weights(archive: Path, tmp_path: Pat
     # Provenance: the checkpoint hash differs and is highlighted, the settings are the same.
     rows = {row.key: row for row in d.provenance}
     assert rows["checkpoint.sha256"].changed and not rows["settings.seed"].changed
+    # ROAD and infidelity of each release's own report, old beside new.
+    scores = {r: {m.name: m for m in report.attribution.methods} for r, report in (("old", old), ("new", new))}
+    for m in d.methods:
+        assert (m.old_road_morf, m.new_road_morf) == (scores["old"][m.name].road_morf, scores["new"][m.name].road_morf)
+        assert m.new_infidelity == scores["new"][m.name].infidelity is not None
     # Maps on the same images: correlations are real correlations.
     assert all(-1 <= m.map_correlation <= 1 for m in d.methods if m.map_correlation is not None)
     # Each method compares the images where neither release's map is constant (no ranking there).

@@ -94,6 +94,29 @@ def test_profile_time_budget_samples_the_most_active_filters_first(two_conv: Loa
     assert any("time_budget = inf" in line for line in tight.sampled)
 
 
+def test_a_sampled_plan_estimates_what_its_settings_will_compute(two_conv: LoadedModel) -> None:
+    """The estimate of an over-budget plan is of the work its chosen settings really do: a
+    filter cap keeps up to that many filters in every layer, so a narrow layer keeps all of its
+    own (a proportional cut per layer would underestimate it)."""
+    graph, cost = two_conv.graph, plan.model_cost(two_conv.graph)
+    passes, throughput = plan.Budget(2**30, forward=8, gradient=4), plan.Throughput(1e6, 1e6, 1e6, 3.0)
+    work = plan.Workload(12, 4, 12, 4, 3, {"a": 2, "b": 16}, 2)
+    settings = Settings(model="m", checkpoint="c", time_budget=math.inf)
+    full = plan.make_plan(settings, graph, cost, passes, throughput, work)
+    tight = plan.make_plan(
+        dataclasses.replace(settings, time_budget=full.estimated_seconds * 0.3), graph, cost, passes, throughput, work
+    )
+    chosen = tight.settings
+    cap = chosen.visualisation.filters
+    assert 2 < cap < 16, "the cap must bind on the wide layer only for this check"
+    explained = min(chosen.attribution.images or 12, 12)
+    done = plan.Workload(
+        12, 4, explained, min(chosen.attribution.sanity_images, 4, explained),
+        min(chosen.attribution.sanity_stages or 3, 3), {"a": 2, "b": cap}, min(chosen.visualisation.classes or 2, 2),
+    )  # fmt: skip
+    assert tight.stages == tuple(plan.stage_plans(chosen, graph, cost, passes, throughput, done))
+
+
 def test_map_inner_sums_and_concatenates_whatever_the_batching() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(7, 3)).astype(np.float32)
