@@ -366,7 +366,7 @@ class MethodRunner:
         morf, lerf = values.reshape(n, 2, count, len(road.FRACTIONS)).transpose(1, 0, 2, 3)
         return morf, lerf
 
-    def infidelity(
+    def infidelity_scores(
         self, variables: Any, images: np.ndarray, targets: np.ndarray, maps: np.ndarray, passes: Passes, seed: int
     ) -> np.ndarray:
         """(N, M) relative infidelity of `maps` (N, M, H, W) under `infidelity_samples` random
@@ -455,7 +455,7 @@ def run(
     (deletion, baseline_deletion), (insertion, baseline_insertion) = (
         np.split(curve, [stacked.shape[1]], axis=1) for curve in curves
     )
-    unfaithful = runner.infidelity(model.variables, images, out.targets, every_map, passes, settings.seed)
+    unfaithful = runner.infidelity_scores(model.variables, images, out.targets, every_map, passes, settings.seed)
     progress.finish()
 
     progress.start("ROAD curves", len(images))
@@ -490,15 +490,10 @@ def run(
         contrast = importance_maps(runner.run(model.variables, images[:n_sanity], others, keys[:n_sanity], passes))
         class_spearman, class_ssim = sanity.similarity(stacked[:n_sanity], contrast)
     progress.advance(1)
-    perturbed = []
-    for draw in range(samples):  # the same targets and keys: only the input moves
-        noisy = infidelity.sensitivity_inputs(images[:n_sanity], settings.seed, indices[:n_sanity], draw)
-        perturbed.append(importance_maps(runner.run(model.variables, noisy, *sample[1:], passes)))
-        progress.advance(1)
-    sensitivity = np.full(len(catalogue.METHODS), np.nan)
-    if perturbed:
-        changes = infidelity.max_sensitivity(stacked[:n_sanity], np.stack(perturbed))
-        sensitivity = sanity.finite_mean(changes, axis=0)
+    sensitivity = max_sensitivity(
+        lambda noisy: importance_maps(runner.run(model.variables, noisy, *sample[1:], passes)),
+        sample[0], stacked[:n_sanity], indices[:n_sanity], settings.seed, samples, progress.advance,
+    )  # fmt: skip
     progress.finish()
     return AttributionResult(
         indices=indices,
@@ -568,6 +563,27 @@ def cascade_similarity(
         if advance is not None:
             advance(1)
     return rho, structure
+
+
+def max_sensitivity(
+    maps_of: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    original: np.ndarray,
+    indices: np.ndarray,
+    seed: int,
+    samples: int,
+    advance: Callable[[int], None],
+) -> np.ndarray:
+    """(M,) mean over `images` of each method's max-sensitivity (`infidelity.max_sensitivity`)
+    over `samples` perturbed copies; `maps_of(images)` computes the (N, M, H, W) maps with the
+    original targets and keys, so only the input moves. NaN without samples."""
+    perturbed = []
+    for draw in range(samples):
+        perturbed.append(maps_of(infidelity.sensitivity_inputs(images, seed, indices, draw)))
+        advance(1)
+    if not perturbed:
+        return np.full(original.shape[1], np.nan)
+    return sanity.finite_mean(infidelity.max_sensitivity(original, np.stack(perturbed)), axis=0)
 
 
 def other_classes(explained: np.ndarray, num_classes: int, seed: int, indices: np.ndarray) -> np.ndarray:

@@ -179,7 +179,7 @@ def test_infidelity_equals_a_loop_over_removed_squares(conv_gap) -> None:
     x, targets = images(2, 11), np.array([2, 1])
     maps = np.random.default_rng(12).normal(size=(2, 3, 6, 6))
     runner, passes = road_runner(model)
-    got = runner.infidelity(model.variables, x, targets, maps, passes, seed=5)
+    got = runner.infidelity_scores(model.variables, x, targets, maps, passes, seed=5)
     squares = infidelity.square_masks(6, 6, 12, seed=5)
     for n in range(2):
         removed = np.where(squares[..., None], 0.0, x[n])  # black is zero in this model's input space
