@@ -47,7 +47,10 @@ def compared(
         return Compared(label, before, after, "—", "changed")
     delta = new - old
     sign = "+" if delta > 0 else "−"
-    change = sign + (f"{abs(delta) / abs(old):.0%}" if relative and old else fmt.format(abs(delta)))
+    size = f"{abs(delta) / abs(old):.0%}" if relative and old else fmt.format(abs(delta))
+    if not any(digit in size for digit in "123456789"):  # a change the format rounds to zero
+        size = f"{abs(delta):.1g}"
+    change = sign + size
     if better == "zero":
         tone = "better" if abs(new) < abs(old) else "worse" if abs(new) > abs(old) else "changed"
     else:

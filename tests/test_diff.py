@@ -228,6 +228,8 @@ def test_a_change_reads_better_or_worse_in_the_right_direction() -> None:
     assert (dead.old, dead.new, dead.change, dead.tone) == ("2", "3", "+1", "worse")
     assert compared("acc", 0.9, 0.95, "{:.1%}", "higher").tone == "better"
     assert compared("mean", 0.2500001, 0.2500002, "{:.3g}").change == ""  # rounding noise is no change
+    # 0.296 and 0.292 print as 0.30 and 0.29: the change is shown, not as "−0.00".
+    assert compared("infidelity", 0.296, 0.292, "{:.2f}", "lower").change == "−0.004"
 
 
 def test_different_architectures_compare_matching_layers_and_list_the_rest(archive: Path) -> None:
