@@ -333,7 +333,8 @@ class MethodRunner:
         """Deletion and insertion curves (N, M, steps + 1) of `maps` (N, M, H, W)."""
         n, count = maps.shape[:2]
         steps = self.config.faithfulness_steps
-        method, pixels, deleting = faithfulness.curve_points(steps, maps.shape[2] * maps.shape[3], count)
+        counts = faithfulness.step_counts(steps, maps.shape[2] * maps.shape[3])
+        method, pixels, deleting = faithfulness.curve_points(counts, count)
         chunk, batch = split(passes.forward, n, len(method))
         values = map_inner(
             self._curve, (variables,), (images, targets, faithfulness.pixel_ranks(maps)), (method, pixels, deleting),
@@ -355,7 +356,8 @@ class MethodRunner:
         """ROAD's most- and least-relevant-first curves (N, M, len(road.FRACTIONS)) of `maps`
         (N, M, H, W); `keys` seed the imputation noise per example."""
         n, count = maps.shape[:2]
-        method, pixels, most_relevant_first = road.curve_points(maps.shape[2] * maps.shape[3], count)
+        counts = road.removed_counts(maps.shape[2] * maps.shape[3])
+        method, pixels, most_relevant_first = faithfulness.curve_points(counts, count)
         points = np.arange(len(method), dtype=np.int32)
         chunk, batch = split(passes.forward, n, len(method))
         values = map_inner(

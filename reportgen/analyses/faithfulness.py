@@ -64,14 +64,20 @@ def pixel_ranks(importance: np.ndarray) -> np.ndarray:
     return ranks.reshape(importance.shape).astype(np.int32)
 
 
-def curve_points(steps: int, pixels: int, methods: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The points of every deletion and insertion curve of `methods` maps, flattened: (method
-    index, pixels changed, deleting?) for deletion curves first, then insertion curves."""
-    counts = np.round(np.linspace(0, pixels, steps + 1)).astype(np.int32)
-    method = np.tile(np.repeat(np.arange(methods, dtype=np.int32), steps + 1), 2)
-    count = np.tile(counts, 2 * methods)
-    deleting = np.arange(2 * methods * (steps + 1)) < methods * (steps + 1)
-    return method, count, deleting
+def step_counts(steps: int, pixels: int) -> np.ndarray:
+    """Pixels changed at each of the `steps` + 1 points of a deletion or insertion curve."""
+    return np.round(np.linspace(0, pixels, steps + 1)).astype(np.int32)
+
+
+def curve_points(counts: np.ndarray, methods: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The points of two families of curves (deletion then insertion, or ROAD's most then least
+    relevant first) of `methods` maps, each curve at pixel `counts`, flattened: (method index,
+    pixels changed, in the first family?)."""
+    points = len(counts)
+    method = np.tile(np.repeat(np.arange(methods, dtype=np.int32), points), 2)
+    count = np.tile(np.asarray(counts, np.int32), 2 * methods)
+    first = np.arange(2 * methods * points) < methods * points
+    return method, count, first
 
 
 def point_probabilities(

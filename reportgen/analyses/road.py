@@ -64,14 +64,9 @@ def impute(image: jax.Array, removed: jax.Array) -> jax.Array:
     return kept + m * solution
 
 
-def curve_points(pixels: int, methods: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The points of every MoRF and LeRF curve of `methods` maps, flattened: (method index, pixels
-    removed, most relevant first?), MoRF curves first."""
-    counts = np.round(np.asarray(FRACTIONS) * pixels).astype(np.int32)
-    method = np.tile(np.repeat(np.arange(methods, dtype=np.int32), len(counts)), 2)
-    count = np.tile(counts, 2 * methods)
-    most_relevant_first = np.arange(2 * methods * len(counts)) < methods * len(counts)
-    return method, count, most_relevant_first
+def removed_counts(pixels: int) -> np.ndarray:
+    """Pixels removed at each of the `FRACTIONS`."""
+    return np.round(np.asarray(FRACTIONS) * pixels).astype(np.int32)
 
 
 def point_probabilities(
@@ -86,9 +81,10 @@ def point_probabilities(
     most_relevant_first: jax.Array,
     point: jax.Array,
 ) -> jax.Array:
-    """(B,) class probability at curve points (`curve_points`, `point` their indices, which seed
-    the noise): the `count` most (or least) important pixels of `method`'s map (`ranks` (M, H, W),
-    0 the most important) removed and imputed."""
+    """(B,) class probability at curve points (`faithfulness.curve_points` of `removed_counts`,
+    most relevant first the first family; `point` their indices, which seed the noise): the
+    `count` most (or least) important pixels of `method`'s map (`ranks` (M, H, W), 0 the most
+    important) removed and imputed."""
     pixels = ranks.shape[-2] * ranks.shape[-1]
     spread = image.max() - image.min()
 
