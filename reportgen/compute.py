@@ -58,6 +58,27 @@ def chunk_for(requested: int) -> int:
 _COMPILED: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Callable[..., Any]]] = weakref.WeakKeyDictionary()
 
 
+class _CompileOnce:
+    """A jitted function whose first call with each argument signature holds a lock, so chunks
+    dispatched from several threads at once never compile the same program twice. A call returns
+    once its program is compiled and dispatched, so the lock is not held while it computes."""
+
+    def __init__(self, jitted: Callable[..., Any]) -> None:
+        self.jitted = jitted
+        self._ready: set[Any] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, *args: Any) -> Any:
+        leaves, tree = jax.tree.flatten(args)
+        signature = (tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves))
+        if signature in self._ready:
+            return self.jitted(*args)
+        with self._lock:
+            out = self.jitted(*args)
+            self._ready.add(signature)
+        return out
+
+
 def _compiled(fn: Callable[..., Any], shared: int, per_example: int, inner: int = 0) -> Callable[..., Any]:
     """jit(vmap(fn)) over the per-example arguments, kept as long as `fn` itself lives (a bound
     method: as long as its object), so a dropped model's functions and programs go with it."""
@@ -73,7 +94,7 @@ def _compiled(fn: Callable[..., Any], shared: int, per_example: int, inner: int 
             assert target is not None
             return jax.vmap(target, in_axes=in_axes)(*args)
 
-        by_layout[layout] = jax.jit(batched)
+        by_layout[layout] = _CompileOnce(jax.jit(batched))
     return by_layout[layout]
 
 
@@ -95,37 +116,34 @@ def _chunks(
 ) -> Any:
     """`compute_chunk(start, size)` for every chunk of n examples (fixed size, the last one padded
     by the callee; a chunk larger than n shrinks to the power of two above n, so a handful of
-    examples is not padded to a budget of thousands), on `workers()` threads; results trimmed to
-    the valid rows and written into arrays of n rows allocated once (no list of pieces to
-    concatenate: peak memory holds the result once)."""
-    size = chunk_for(min(chunk, 1 << max(0, n - 1).bit_length()))  # no more padding than n's power of two
+    examples is not padded to a budget of thousands), on `workers()` threads at once; results
+    trimmed to the valid rows and written into arrays of n rows allocated once (no list of pieces
+    to concatenate: peak memory holds the result once). The size depends on n only through that
+    power of two, so new data of another length rarely needs a new program."""
+    size = chunk_for(min(chunk, 1 << max(0, n - 1).bit_length()))
     lock = threading.Lock()
+    stacked: list[Any] = []  # the result, allocated when the first chunk arrives
 
-    def one(start: int) -> Any:
+    def one(start: int) -> None:
         with RANDOM_BITS:
             out = compute_chunk(start, size)
         valid = min(size, n - start)
-        out = jax.tree.map(lambda x: np.asarray(x)[:valid], out)
-        if progress is not None:
-            with lock:
+        piece = jax.tree.map(lambda x: np.asarray(x)[:valid], out)
+        with lock:
+            if not stacked:
+                stacked.append(jax.tree.map(lambda x: np.empty((n, *x.shape[1:]), x.dtype), piece))
+            jax.tree.map(lambda whole, part: np.copyto(whole[start : start + valid], part), stacked[0], piece)
+            if progress is not None:
                 progress(valid)
-        return out
-
-    def put(start: int, piece: Any) -> None:
-        jax.tree.map(lambda whole, part: np.copyto(whole[start : start + len(part)], part), stacked, piece)
 
     starts = range(0, n, size)
-    first = one(starts[0])  # alone, so that the program compiles once
-    stacked = jax.tree.map(lambda x: np.empty((n, *x.shape[1:]), x.dtype), first)
-    put(starts[0], first)
-    del first
     if len(starts) > 1 and workers() > 1:
         with ThreadPoolExecutor(workers()) as pool:
-            list(pool.map(lambda start: put(start, one(start)), starts[1:]))
+            list(pool.map(one, starts))
     else:
-        for start in starts[1:]:
-            put(start, one(start))
-    return stacked
+        for start in starts:
+            one(start)
+    return stacked[0]
 
 
 def _shard(arrays: tuple[np.ndarray, ...], start: int, size: int) -> list[jax.Array]:

@@ -16,6 +16,7 @@ from reportgen import compute
 from reportgen.model.engine import Engine, _needed_eqns
 from reportgen.model.load import LoadedModel, load_model
 from reportgen.model.smallconv import conv_as_matmul, spans_input
+from reportgen.model.tiledpool import tiled_max, tiles_input
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +189,7 @@ def test_new_data_of_the_same_shape_does_not_recompile(model: LoadedModel) -> No
     engine = Engine(model.graph)
     compute.map_examples(engine.logits, (model.variables,), images(5, seed=1), chunk=8)
     compute.map_examples(engine.logits, (model.variables,), images(21, seed=2), chunk=8)
-    assert compute._compiled(engine.logits, 1, 1)._cache_size() == 1
+    assert compute._compiled(engine.logits, 1, 1).jitted._cache_size() == 1
 
 
 CONVS = [
@@ -261,3 +262,57 @@ def test_engine_on_maps_narrower_than_their_kernels(tmp_path: Path) -> None:
     ours = jax.grad(lambda xi: engine.logits(model.variables, xi)[1])(jnp.asarray(x[0]))
     direct = jax.grad(lambda xi: module.apply(variables, xi[None])[0, 1])(jnp.asarray(x[0]))
     np.testing.assert_allclose(ours, direct, rtol=1e-4, atol=1e-6)
+
+
+def pool_params(window: tuple[int, ...], strides: tuple[int, ...], padding=None) -> dict:
+    """The parameters of a `reduce_window_max` equation."""
+    return {
+        "window_dimensions": window,
+        "window_strides": strides,
+        "padding": padding or ((0, 0),) * len(window),
+        "base_dilation": (1,) * len(window),
+        "window_dilation": (1,) * len(window),
+    }
+
+
+@pytest.mark.parametrize(
+    ("shape", "window"), [((1, 4, 6, 3), (1, 2, 2, 1)), ((2, 6, 6, 2), (1, 3, 2, 1)), ((8,), (4,))]
+)
+def test_tiled_max_pool_equals_reduce_window_with_its_gradient(shape, window) -> None:
+    rng = np.random.default_rng(1)
+    # Rounded values make ties, where the gradient must go to the first maximum of the window.
+    x = jnp.asarray(np.round(rng.normal(size=shape), 0).astype(np.float32))
+    assert tiles_input(pool_params(window, window), shape)
+
+    def reference(a: jax.Array) -> jax.Array:
+        return reference_at(a, window)
+
+    def ours(a: jax.Array) -> jax.Array:
+        return tiled_max(a, window)
+
+    np.testing.assert_array_equal(ours(x), reference(x))
+    cotangent = jnp.asarray(rng.normal(size=reference(x).shape).astype(np.float32))
+    np.testing.assert_array_equal(jax.vjp(ours, x)[1](cotangent)[0], jax.vjp(reference, x)[1](cotangent)[0])
+    if window[0] == 1:  # per example under vmap, as the engine runs it
+        inner = window[1:]
+
+        def per_example(pool):
+            return jax.vmap(jax.grad(lambda a, c: (pool(a, inner) * c).sum()))(x, cotangent)
+
+        np.testing.assert_array_equal(per_example(tiled_max), per_example(reference_at))
+
+
+def reference_at(a: jax.Array, window: tuple[int, ...]) -> jax.Array:
+    return jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, window, window, "VALID")
+
+
+def test_a_tie_sends_the_gradient_to_the_first_maximum() -> None:
+    x = jnp.zeros((2, 2))
+    grad = jax.grad(lambda a: tiled_max(a, (2, 2)).sum())(x)
+    np.testing.assert_array_equal(grad, [[1.0, 0.0], [0.0, 0.0]])
+
+
+def test_overlapping_or_padded_pools_stay_reduce_window() -> None:
+    assert not tiles_input(pool_params((1, 3, 3, 1), (1, 2, 2, 1)), (1, 8, 8, 1))
+    assert not tiles_input(pool_params((1, 2, 2, 1), (1, 2, 2, 1), ((0, 0), (0, 1), (0, 1), (0, 0))), (1, 7, 7, 1))
+    assert not tiles_input(pool_params((1, 2, 2, 1), (1, 2, 2, 1)), (1, 7, 7, 1))

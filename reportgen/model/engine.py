@@ -4,7 +4,8 @@ An interpreter over the flattened jaxpr of `graph.py`. For one example it can re
 outputs, add zero-valued probes to layer outputs (so that the gradient with respect to a probe is
 the gradient with respect to that activation), stop after the last equation the request needs,
 and swap the ReLU backward rule for guided backpropagation or deconvnet. A convolution whose
-kernel spans its input runs as a matrix product (`smallconv.py`). Everything it does is ordinary
+kernel spans its input runs as a matrix product (`smallconv.py`), and a max pooling whose windows
+tile its input as a reshape and a maximum (`tiledpool.py`). Everything it does is ordinary
 JAX, so it composes with jit, vmap and grad.
 """
 
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 
 from reportgen.model.graph import Const, FlatJaxpr, Graph
 from reportgen.model.smallconv import conv_as_matmul, spans_input
+from reportgen.model.tiledpool import tiled_max, tiles_input
 
 ReluRule = Literal["standard", "guided", "deconvnet", "redirected"]
 
@@ -154,6 +156,8 @@ def evaluate(
             outs = [redirected_relu(x, _flag(redirect, i)) if relu == "redirected" else _RELUS[relu](x)]
         elif eqn.primitive.name == "conv_general_dilated" and spans_input(eqn.params, args[0].shape, args[1].shape):
             outs = [conv_as_matmul(*args, **eqn.params)]
+        elif eqn.primitive.name == "reduce_window_max" and tiles_input(eqn.params, args[0].shape):
+            outs = [tiled_max(args[0], tuple(eqn.params["window_dimensions"]))]
         else:
             result = _bind(eqn.primitive, eqn.params, args)
             outs = list(result) if eqn.primitive.multiple_results else [result]
