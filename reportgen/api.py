@@ -64,17 +64,18 @@ def layer_info(model: LoadedModel) -> list[Layer]:
     return list(model.graph.layers)
 
 
-def predict(model: LoadedModel, images: np.ndarray, chunk: int = 32) -> np.ndarray:
-    """Logits (N, K)."""
+def predict(model: LoadedModel, images: np.ndarray, chunk: int | None = None) -> np.ndarray:
+    """Logits (N, K). `chunk` bounds the examples at once (default: the planner's budget)."""
     engine = _engine(model)
     logits = _cached(model, ("logits",), lambda: lambda variables, image: engine.logits(variables, image))
-    return map_examples(logits, (model.variables,), _images(model, images), chunk=chunk)
+    return map_examples(logits, (model.variables,), _images(model, images), chunk=_passes(model, chunk).forward)
 
 
 def activations(
-    model: LoadedModel, images: np.ndarray, layers: Sequence[str] | None = None, chunk: int = 32
+    model: LoadedModel, images: np.ndarray, layers: Sequence[str] | None = None, chunk: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Outputs of the named layers (all by default), each (N, *layer.output_shape)."""
+    """Outputs of the named layers (all by default), each (N, *layer.output_shape); `chunk` bounds
+    the examples at once (default: the planner's budget)."""
     engine = _engine(model)
     names = list(layers) if layers is not None else model.layers
     for name in names:
@@ -84,7 +85,7 @@ def activations(
         return lambda variables, image: engine.layer_outputs(variables, image, names)
 
     per_example = _cached(model, ("activations", tuple(names)), build)
-    return map_examples(per_example, (model.variables,), _images(model, images), chunk=chunk)
+    return map_examples(per_example, (model.variables,), _images(model, images), chunk=_passes(model, chunk).forward)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -97,6 +97,10 @@ class _Job:
     cache: dict[str, np.ndarray]
 
 
+INPUT_GRADIENT_METHODS = ("saliency", "gradient_x_input")
+"""The shared pass's outputs that need its backward pass all the way to the image."""
+
+
 class MethodRunner:
     """Every attribution method of one model and configuration, as per-example functions built
     once (so each compiles once, whatever the variables: the sanity cascade reuses them)."""
@@ -182,7 +186,12 @@ class MethodRunner:
                 engine, variables, image, target, ranks, removed, start, method, count, deleting
             )
 
-        self._shared, self._smoothgrad_part = shared, smoothgrad
+        def cams_only(variables: Any, image: jax.Array, target: jax.Array) -> dict[str, Any]:
+            """The shared pass without the input gradient, whose backward pass XLA then drops."""
+            maps = shared(variables, image, target)
+            return {k: v for k, v in maps.items() if k not in INPUT_GRADIENT_METHODS}
+
+        self._shared, self._cams_only, self._smoothgrad_part = shared, cams_only, smoothgrad
         self._logits = engine.logits
         self._relu_rules = {"guided_backprop": guided, "deconvnet": deconvnet}
         self._starts, self._integrated = starts, integrated
@@ -240,7 +249,9 @@ class MethodRunner:
         (default: the configured baseline)."""
         rows = [catalogue.method(name) for name in wanted]
         if self.layer_cams or any(row.shared_pass for row in rows):
-            shared = map_examples(self._shared, (variables,), images, targets, chunk=passes.gradient)
+            needs_input_gradient = any(row.name in INPUT_GRADIENT_METHODS for row in rows)
+            pass_fn = self._shared if needs_input_gradient else self._cams_only
+            shared = map_examples(pass_fn, (variables,), images, targets, chunk=passes.gradient)
             targets, logits = np.asarray(shared["target"], np.int32), shared["logits"]
         else:  # the methods asked for need only the targets: one forward pass gives them
             shared = {"cams": {}}
