@@ -36,10 +36,12 @@ __all__ = [
     "attribute",
     "class_visualization",
     "deconvnet",
+    "eigen_cam",
     "grad_cam",
     "grad_cam_pp",
     "gradient_x_input",
     "guided_backprop",
+    "hires_cam",
     "integrated_gradients",
     "layer_cam",
     "layer_info",
@@ -304,6 +306,33 @@ def layer_cam(
 ) -> np.ndarray:
     """Layer-CAM at `layer`. Jiang et al. 2021, "LayerCAM"."""
     return _cam_method(model, images, targets, layer, upsample, chunk, "layer_cam")
+
+
+def hires_cam(
+    model: LoadedModel,
+    images: np.ndarray,
+    targets: Any = None,
+    *,
+    layer: str,
+    upsample: bool = False,
+    chunk: int | None = None,
+) -> np.ndarray:
+    """HiResCAM at `layer`: ReLU(Σ_k G_k ⊙ A_k). Draelos & Carin 2020, "Use HiResCAM instead of
+    Grad-CAM for faithful explanations of convolutional neural networks"."""
+    return _cam_method(model, images, targets, layer, upsample, chunk, "hires_cam")
+
+
+def eigen_cam(
+    model: LoadedModel,
+    images: np.ndarray,
+    *,
+    layer: str,
+    upsample: bool = False,
+    chunk: int | None = None,
+) -> np.ndarray:
+    """EigenCAM at `layer`: the activation's first principal component over positions; it reads
+    no class. Muhammad & Yeasin 2020, "Eigen-CAM"."""
+    return _cam_method(model, images, None, layer, upsample, chunk, "eigen_cam")
 
 
 def score_cam(

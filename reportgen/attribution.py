@@ -79,7 +79,7 @@ class MethodOutputs:
     raw: dict[str, np.ndarray]  # method -> (N, H, W, C) gradient maps or (N, H, W) maps
     layer_cams: dict[str, dict[str, np.ndarray]]  # layer -> LAYER_CAMS method -> (N, h, w)
     targets: np.ndarray  # (N,) the class explained
-    logits: np.ndarray  # (N, K)
+    logits: np.ndarray | None  # (N, K); None when nothing needed them (given targets, one-rule methods)
     start_logits: np.ndarray | None = None  # (N, K) at Integrated Gradients' starting images, when computed
 
 
@@ -253,10 +253,12 @@ class MethodRunner:
             pass_fn = self._shared if needs_input_gradient else self._cams_only
             shared = map_examples(pass_fn, (variables,), images, targets, chunk=passes.gradient)
             targets, logits = np.asarray(shared["target"], np.int32), shared["logits"]
-        else:  # the methods asked for need only the targets: one forward pass gives them
+        else:  # the methods asked for need only the targets: one forward pass gives them, if not given
             shared = {"cams": {}}
-            logits = map_examples(self._logits, (variables,), images, chunk=passes.forward)
-            targets = np.where(targets < 0, logits.argmax(axis=-1), targets).astype(np.int32)
+            logits = None
+            if (targets < 0).any() or "integrated_gradients" in wanted:  # IG's completeness reads them
+                logits = map_examples(self._logits, (variables,), images, chunk=passes.forward)
+                targets = np.where(targets < 0, logits.argmax(axis=-1), targets).astype(np.int32)
         job = _Job(variables, images, targets, keys, passes, shared, starts, {})
         raw = {row.name: self._compute[row.name](job) for row in rows}
         if advance is not None:
@@ -400,7 +402,7 @@ def completeness_error(outputs: MethodOutputs) -> np.ndarray:
     f(x) − f(x′), the target logit's change from the starting image (Sundararajan et al. 2017,
     "Axiomatic Attribution", Prop. 1); what is left is the quadrature error of the path integral.
     NaN where the two logits are equal."""
-    assert outputs.start_logits is not None, "Integrated Gradients was not computed"
+    assert outputs.start_logits is not None and outputs.logits is not None, "Integrated Gradients was not computed"
     rows = np.arange(len(outputs.targets))
     gap = (outputs.logits[rows, outputs.targets] - outputs.start_logits[rows, outputs.targets]).astype(np.float64)
     total = outputs.raw["integrated_gradients"].reshape(len(rows), -1).sum(axis=1, dtype=np.float64)

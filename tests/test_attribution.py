@@ -13,7 +13,7 @@ import tiny_models
 from conftest import ROOT, SPEC, save
 
 from reportgen import api
-from reportgen.analyses import catalogue, methods, saliency
+from reportgen.analyses import cam, catalogue, methods, saliency
 from reportgen.attribution import cascade_similarity
 from reportgen.compute import map_examples
 from reportgen.model.engine import Engine
@@ -194,3 +194,52 @@ def test_a_method_that_survives_randomising_the_head_is_flagged_even_if_it_decay
     (finding,) = findings.attribution_findings(summary)
     assert "from the output down to conv3 are randomised (Spearman 0.93, 0.10 with every layer" in finding.message
     assert "stays above 0.5 through 3 of 4 stages, down to conv3" in finding.message
+
+
+def test_hires_cam_of_a_flattening_head_is_each_positions_share_of_the_logit(tmp_path: Path) -> None:
+    variables = tiny_models.init_linen(tiny_models.LinearConv(), seed=9)
+    model = api.load_model(f"{SPEC}:LinearConv", save(tmp_path / "ck", variables))
+    p = jax.tree.map(np.asarray, variables["params"])
+    x = rand((3, 6, 6, 3), seed=10)
+    targets = np.array([0, 2, 1])
+    acts = np.einsum("nhwc,cf->nhwf", x, p["mix"]["kernel"][0, 0]) + p["mix"]["bias"]  # (N, 6, 6, 2)
+    v = p["out"]["kernel"].reshape(6, 6, 2, 3)[..., targets].transpose(3, 0, 1, 2)  # d logit / d A, (N, 6, 6, 2)
+    share = (acts * v).sum(axis=-1)  # what each position adds to the target logit
+    np.testing.assert_allclose(
+        api.hires_cam(model, x, targets, layer="mix"), np.maximum(share, 0), rtol=1e-4, atol=1e-6
+    )
+    logits = api.predict(model, x)[np.arange(3), targets]
+    np.testing.assert_allclose(share.sum(axis=(1, 2)) + p["out"]["bias"][targets], logits, rtol=1e-4, atol=1e-5)
+    # Grad-CAM averages the gradient over positions first, so it is a different map here.
+    assert not np.allclose(api.grad_cam(model, x, targets, layer="mix"), np.maximum(share, 0), atol=1e-3)
+
+
+def eigen_reference(activation: np.ndarray) -> np.ndarray:
+    """EigenCAM by hand: the top eigenvector of the positions' covariance, signed to rise with the
+    total activation, negative values cut."""
+    h, w, c = activation.shape
+    matrix = activation.reshape(h * w, c).astype(np.float64)
+    centred = matrix - matrix.mean(axis=0)
+    _, vectors = np.linalg.eigh(centred.T @ centred)
+    projection = centred @ vectors[:, -1]
+    total = matrix.sum(axis=1)
+    if projection @ (total - total.mean()) < 0:
+        projection = -projection
+    return np.maximum(projection, 0).reshape(h, w)
+
+
+def test_eigen_cam_is_the_first_principal_component_over_positions(conv_gap) -> None:
+    model, p = conv_gap
+    x = rand((2, 6, 6, 3), seed=11)
+    acts = np.asarray(nn.relu(nn.Conv(4, (3, 3)).apply({"params": p["conv"]}, x)))
+    got = api.eigen_cam(model, x, layer="conv")
+    for n in range(2):
+        np.testing.assert_allclose(got[n], eigen_reference(acts[n]), rtol=1e-3, atol=1e-4)
+    # Whatever sign the decomposition returns, the map follows the activation.
+    for seed in range(8):
+        activation = rand((5, 4, 6), seed=20 + seed) ** 3
+        np.testing.assert_allclose(cam.eigen_cam(activation, activation), eigen_reference(activation), atol=1e-4)
+    # Class-agnostic: the same map whatever class is explained.
+    both = api.attribute(model, x, [0, 1], methods=["eigen_cam"], cam_layer="conv")["layer_cams"]["conv"]["eigen_cam"]
+    other = api.attribute(model, x, [2, 2], methods=["eigen_cam"], cam_layer="conv")["layer_cams"]["conv"]["eigen_cam"]
+    np.testing.assert_array_equal(both, other)

@@ -39,6 +39,31 @@ def layer_cam(activation: jax.Array, gradient: jax.Array) -> jax.Array:
     return jax.nn.relu((jax.nn.relu(gradient) * activation).sum(axis=-1))
 
 
+def hires_cam(activation: jax.Array, gradient: jax.Array) -> jax.Array:
+    """ReLU(Σ_k G_k ⊙ A_k) (Draelos & Carin 2020, "Use HiResCAM instead of Grad-CAM for faithful
+    explanations of convolutional neural networks"): the gradient is not averaged over space
+    first, so for a head that flattens the map into dense layers the map adds up to the part of
+    the class score each position contributes."""
+    return jax.nn.relu((gradient * activation).sum(axis=-1))
+
+
+def eigen_cam(activation: jax.Array, gradient: jax.Array) -> jax.Array:
+    """The activation's first principal component over positions (Muhammad & Yeasin 2020,
+    "Eigen-CAM: Class Activation Map using Principal Components"): the (h·w, C) matrix, centred
+    over positions, projected on its top right singular vector. Class-agnostic: the gradient is
+    not read. The component's sign is arbitrary; it is chosen so that the map rises where the
+    channels' total activation does, then negative values are cut."""
+    del gradient
+    h, w, c = activation.shape
+    matrix = activation.reshape(h * w, c)
+    centred = matrix - matrix.mean(axis=0)
+    _, _, vt = jnp.linalg.svd(centred, full_matrices=False)
+    projection = centred @ vt[0]
+    total = matrix.sum(axis=-1)
+    sign = jnp.where(jnp.dot(projection, total - total.mean()) < 0, -1.0, 1.0)
+    return jax.nn.relu(sign * projection).reshape(h, w)
+
+
 def upsample(cam: jax.Array, size: Sequence[int]) -> jax.Array:
     """Bilinear resize of an (h, w) map to the input size."""
     return jax.image.resize(cam, tuple(size), method="bilinear")

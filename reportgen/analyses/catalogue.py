@@ -59,6 +59,14 @@ CATALOGUE: tuple[Method, ...] = (
         "Jiang et al. 2021, LayerCAM: Exploring Hierarchical Class Activation Maps",
     ),
     Method(
+        "hires_cam", "HiResCAM", False, True, "the shared pass at the CAM layer",
+        "Draelos & Carin 2020, Use HiResCAM instead of Grad-CAM for faithful explanations",
+    ),
+    Method(
+        "eigen_cam", "EigenCAM", False, True, "the shared pass at the CAM layer (no gradient: class-agnostic)",
+        "Muhammad & Yeasin 2020, Eigen-CAM: Class Activation Map using Principal Components",
+    ),
+    Method(
         "score_cam", "Score-CAM", False, True, "one forward pass per channel of the CAM layer",
         "Wang et al. 2020, Score-CAM: Score-Weighted Visual Explanations",
     ),
@@ -76,8 +84,8 @@ METHODS: tuple[str, ...] = tuple(m.name for m in CATALOGUE)
 TITLES: Mapping[str, str] = {m.name: m.title for m in CATALOGUE}
 SIGNED = frozenset(m.name for m in CATALOGUE if m.signed)
 SHARED_PASS = frozenset(m.name for m in CATALOGUE if m.shared_pass)
-LAYER_CAMS = ("grad_cam", "grad_cam_pp", "layer_cam")
-"""CAMs drawn at every conv and pooling layer: all three come from the one shared backward pass."""
+LAYER_CAMS = ("grad_cam", "grad_cam_pp", "layer_cam", "hires_cam", "eigen_cam")
+"""CAMs drawn at every conv and pooling layer: all of them come from the one shared backward pass."""
 
 
 def method(name: str) -> Method:
