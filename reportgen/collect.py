@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from reportgen import attribution, plan, results, visualisation
-from reportgen.analyses import catalogue, faithfulness, predictions, road, sanity
+from reportgen.analyses import catalogue, classfilters, faithfulness, predictions, road, sanity
 from reportgen.analyses.activations import LayerStatistics
 from reportgen.config import Settings, as_dict
 from reportgen.data import ProbeSet
@@ -228,6 +228,33 @@ def class_images(vis: visualisation.ClassVisualisation, classes: list[str]) -> t
         results.ClassImage(classes[int(k)], int(k), _float(float(v)))
         for k, v in zip(vis.classes, vis.logits, strict=True)
     )
+
+
+DECIDING_FILTERS = 5
+"""Filters recorded per class and layer in report.json, the strongest first."""
+
+
+def class_evidence(
+    evidence: list[classfilters.LayerEvidence], targets: np.ndarray, classes: list[str]
+) -> tuple[results.ClassEvidence, ...]:
+    """For every class with probe images, the filters of each layer giving its logit the most evidence."""
+    counts = np.bincount(targets, minlength=len(classes))
+    shares = {layer.layer: layer.share() for layer in evidence}
+    out = []
+    for k in np.flatnonzero(counts):
+        filters = tuple(
+            results.DecidingFilter(
+                layer.layer,
+                int(f),
+                float(layer.contribution[k, f]),
+                float(np.nan_to_num(shares[layer.layer][k, f])),
+                float(layer.weight[k, f]),
+            )
+            for layer in evidence
+            for f in layer.top(int(k), DECIDING_FILTERS)
+        )
+        out.append(results.ClassEvidence(classes[int(k)], int(k), int(counts[k]), filters))
+    return tuple(out)
 
 
 def model_result(settings: Settings, model: LoadedModel, classes: list[str]) -> results.Model:

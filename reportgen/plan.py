@@ -298,6 +298,7 @@ class Plan:
 
 
 CLASS_STAGE = "visualise classes"
+EVIDENCE_STAGE = "class evidence"
 """The stage that synthesises an image per class."""
 
 ATTRIBUTION_PROGRAMS = 9
@@ -388,6 +389,7 @@ def stage_plans(
         return StagePlan(name, chunk, inner, forward + gradient, seconds, nbytes)
 
     forward_chunk = spread(passes.forward, work.probe_images, passes.workers, devices)
+    evidence_chunk = spread(passes.gradient, work.probe_images, passes.workers, devices)
     inner = max(settings.attribution.smoothgrad_samples, 2)
     a_chunk, a_inner = split(passes.gradient, work.attribution_images, inner)
     f_chunk, f_inner = split(passes.forward, work.attribution_images, curve_points)
@@ -408,6 +410,15 @@ def stage_plans(
     stages = [
         stage("forward pass", forward_chunk, 0, work.probe_images * f, 0, forward_chunk * fwd_bytes),
         stage("activation maps", forward_chunk, 0, work.shown_images * f, 0, forward_chunk * fwd_bytes),
+        stage(
+            EVIDENCE_STAGE,
+            evidence_chunk,
+            0,
+            0,
+            work.probe_images * 2 * f,
+            evidence_chunk * grad_bytes,
+            gradient_rate=gradient_rate(work.probe_images),
+        ),
         stage(
             "attribution maps",
             a_chunk,

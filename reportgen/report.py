@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reportgen import attribution, collect, findings, output, plan, results, sections, summary, visualisation
-from reportgen.analyses import activations, predictions
+from reportgen.analyses import activations, classfilters, predictions
 from reportgen.compute import enable_compilation_cache, map_examples, workers
 from reportgen.config import Settings
 from reportgen.data import ProbeSet, check_preprocess, read_classes, read_probe, to_model
@@ -164,6 +164,35 @@ def _maps(
     return result
 
 
+def _class_evidence(
+    engine: Engine,
+    model: LoadedModel,
+    images: np.ndarray,
+    targets: np.ndarray,
+    names: list[str],
+    chunk: int,
+    progress: Progress,
+) -> list[classfilters.LayerEvidence]:
+    """Every visualised layer's filters against every class, from one gradient pass of each probe
+    image's class logit (its label; the predicted class where it has none)."""
+
+    def per_example(variables: Any, image: jax.Array, target: jax.Array) -> Any:
+        return classfilters.channel_evidence(engine, variables, image, target, names)
+
+    progress.start(plan.EVIDENCE_STAGE, len(images))
+    per_image = map_examples(per_example, (model.variables,), images, targets, chunk=chunk, progress=progress.advance)
+    progress.finish()
+    k = model.graph.num_classes
+    return [
+        classfilters.LayerEvidence(
+            name,
+            classfilters.per_class(per_image[name]["contribution"], targets, k),
+            classfilters.per_class(per_image[name]["weight"], targets, k),
+        )
+        for name in names
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # The build
 
@@ -212,6 +241,16 @@ def build(
     shown = display_indices(probe.labels, max(settings.layers.activation_images, settings.layers.channel_images))
     spatial = [layer.name for layer in layers if layer.is_spatial]
     maps = _maps(engine, model, inputs[shown], spatial, build_plan.stage("activation maps").chunk, progress)
+    evidence_targets = np.where(probe.labels >= 0, probe.labels, pred.predicted).astype(np.int32)
+    evidence = _class_evidence(
+        engine,
+        model,
+        inputs,
+        evidence_targets,
+        visualisation.visualised_layers(model),
+        build_plan.stage(plan.EVIDENCE_STAGE).chunk,
+        progress,
+    )
     black = to_model(np.zeros((1, *model.input_shape), np.float32), settings.preprocess)[0]
     explained = display_indices(probe.labels, settings.attribution.images)
     runner = attribution.runner_for(engine, model, settings, black)
@@ -236,6 +275,7 @@ def build(
             attributed, probe, classes, settings.attribution.sanity_threshold, settings.attribution.class_threshold
         ),
         class_visualisation=collect.class_images(class_vis, classes),
+        class_evidence=collect.class_evidence(evidence, evidence_targets, classes),
         findings=(),
         provenance=collect.provenance(
             settings, command, probe, {}, collect.plan_record(build_plan, progress, True), release

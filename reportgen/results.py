@@ -233,6 +233,27 @@ class ClassImage:
 
 
 @dataclass(frozen=True)
+class DecidingFilter:
+    """One filter's part in a class's logit at one layer (`analyses/classfilters.py`)."""
+
+    layer: str
+    filter: int
+    contribution: float  # mean Σ activation × d logit / d activation over the class's probe images
+    share: float  # of the class's total positive contribution at this layer
+    gradcam_weight: float  # mean d logit / d activation (Grad-CAM's channel weight)
+
+
+@dataclass(frozen=True)
+class ClassEvidence:
+    """The filters each conv layer gives a class's logit the most evidence through."""
+
+    name: str
+    index: int
+    images: int  # probe images of the class the contributions are averaged over
+    filters: tuple[DecidingFilter, ...]  # the top filters of every visualised layer, largest first per layer
+
+
+@dataclass(frozen=True)
 class Finding:
     """One alert: what it is about (`code` and `subject` identify it across releases) and where the
     report shows it."""
@@ -336,6 +357,7 @@ class Report:
     class_visualisation: tuple[ClassImage, ...]
     findings: tuple[Finding, ...]
     provenance: Provenance
+    class_evidence: tuple[ClassEvidence, ...] = ()
 
     def layer(self, name: str) -> LayerResult:
         """The layer called `name`."""

@@ -239,6 +239,10 @@ def test_eigen_cam_is_the_first_principal_component_over_positions(conv_gap) -> 
     for seed in range(8):
         activation = rand((5, 4, 6), seed=20 + seed) ** 3
         np.testing.assert_allclose(cam.eigen_cam(activation, activation), eigen_reference(activation), atol=1e-4)
+    # Two channels in contrast: the component is orthogonal to the all-ones direction.
+    pattern = rand((5, 4, 1), seed=30)
+    contrast = np.concatenate([pattern, 1.0 - pattern, np.full_like(pattern, 0.5)], axis=-1)
+    np.testing.assert_allclose(cam.eigen_cam(contrast, contrast), eigen_reference(contrast), atol=1e-4)
     # Class-agnostic: the same map whatever class is explained.
     both = api.attribute(model, x, [0, 1], methods=["eigen_cam"], cam_layer="conv")["layer_cams"]["conv"]["eigen_cam"]
     other = api.attribute(model, x, [2, 2], methods=["eigen_cam"], cam_layer="conv")["layer_cams"]["conv"]["eigen_cam"]

@@ -1,0 +1,91 @@
+"""Which filters decide each class: every conv filter's contribution to the class logit.
+
+For an image x of class k and a layer with activation A (h, w, C), filter f contributes
+c_f = Σ_ij A_ijf · ∂logit_k/∂A_ijf, the first-order share of the logit carried by that filter
+(activation × gradient, as in Grad-CAM's channel weighting without averaging the gradient first;
+Selvaraju et al. 2017, "Grad-CAM", and Shrikumar et al. 2016, "Not Just a Black Box", at a
+layer instead of the input). For a network whose layers after A are linear up to the logit the
+contributions add up to the logit minus the later biases. The Grad-CAM channel weight
+mean_ij ∂logit_k/∂A_ijf is kept beside it. Both are averaged over the probe images of class k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+from reportgen.model.engine import Engine
+
+
+def channel_evidence(
+    engine: Engine, variables: Any, image: jax.Array, target: jax.Array, layers: Sequence[str]
+) -> dict[str, dict[str, jax.Array]]:
+    """For one image: {layer: {"contribution": (C,), "weight": (C,)}} for the target's logit."""
+
+    def objective(logits: jax.Array | None, _: dict) -> jax.Array:
+        assert logits is not None
+        return logits[target]
+
+    result = engine.gradients(variables, image, layers, objective)
+    return {
+        name: {
+            "contribution": (result.outputs[name] * result.layer_grads[name]).sum(axis=(0, 1)),
+            "weight": result.layer_grads[name].mean(axis=(0, 1)),
+        }
+        for name in layers
+    }
+
+
+@dataclass(frozen=True)
+class LayerEvidence:
+    """One layer's filters against every class, averaged over each class's probe images."""
+
+    layer: str
+    contribution: np.ndarray  # (K, C) mean activation × gradient; NaN rows for classes without images
+    weight: np.ndarray  # (K, C) mean Grad-CAM channel weight
+
+    def share(self) -> np.ndarray:
+        """(K, C) each filter's contribution over the class's total positive contribution."""
+        positive = np.nansum(np.maximum(self.contribution, 0), axis=1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(positive > 0, self.contribution / positive, np.nan)
+
+    def top(self, k: int, count: int) -> np.ndarray:
+        """The `count` filters contributing most to class k, largest first."""
+        row = np.nan_to_num(self.contribution[k], nan=-np.inf)
+        return np.argsort(-row, kind="stable")[:count]
+
+
+def per_class(values: np.ndarray, classes: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, C) mean of the (N, C) per-image values over each class's images; NaN where a class has none."""
+    sums = np.zeros((num_classes, values.shape[1]), np.float64)
+    np.add.at(sums, classes, values)
+    counts = np.bincount(classes, minlength=num_classes)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(counts > 0, sums / counts, np.nan)
+
+
+def class_order(contribution: np.ndarray) -> np.ndarray:
+    """Classes ordered so that classes relying on the same filters sit together: a greedy
+    nearest-neighbour chain over the cosine similarity of their contribution rows, starting from
+    the class whose row is most similar to all others. Classes without images go last."""
+    present = np.flatnonzero(~np.isnan(contribution).all(axis=1))
+    rows = np.nan_to_num(contribution[present])
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    unit = rows / np.where(norms > 0, norms, 1.0)
+    similarity = unit @ unit.T
+    if len(present) == 0:
+        return np.arange(len(contribution))
+    chain = [int(np.argmax(similarity.sum(axis=1)))]
+    left = set(range(len(present))) - set(chain)
+    while left:
+        candidates = sorted(left)
+        nearest = candidates[int(np.argmax(similarity[chain[-1], candidates]))]
+        chain.append(nearest)
+        left.remove(nearest)
+    absent = np.setdiff1d(np.arange(len(contribution)), present)
+    return np.concatenate([present[chain], absent]).astype(int)
