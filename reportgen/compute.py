@@ -59,11 +59,9 @@ _COMPILED: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Callable[..., An
 
 
 class _CompileOnce:
-    """A jitted function whose first call with each argument signature holds a lock until it has
-    computed, so chunks dispatched from several threads at once never compile the same program
-    twice, and a program's first run is alone: XLA's CPU runtime can hang for good when two
-    threads start the first runs of a program with convolutions at once (seen with jax 0.10 on
-    2 cores: both threads waiting for results, no core busy). Later calls run concurrently."""
+    """A jitted function whose first call with each argument signature holds a lock, so chunks
+    dispatched from several threads at once never compile the same program twice. A call returns
+    once its program is compiled and dispatched, so the lock is not held while it computes."""
 
     def __init__(self, jitted: Callable[..., Any]) -> None:
         self.jitted = jitted
@@ -76,7 +74,7 @@ class _CompileOnce:
         if signature in self._ready:
             return self.jitted(*args)
         with self._lock:
-            out = jax.block_until_ready(self.jitted(*args))
+            out = self.jitted(*args)
             self._ready.add(signature)
         return out
 
