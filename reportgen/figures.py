@@ -165,6 +165,27 @@ def confusion_chart(confusion: np.ndarray) -> bytes:
         return _save(fig)
 
 
+def evidence_heatmap(share: np.ndarray, class_names: Sequence[str], filters: np.ndarray, layer: str) -> bytes:
+    """Classes (rows, in the given order) against filters (columns, labelled by `filters`): each
+    filter's share of the class's evidence at `layer`, red for evidence for, blue against."""
+    k, c = share.shape
+    values = finite(share)
+    top = float(np.quantile(np.abs(values), 0.995)) or 1.0
+    with matplotlib.rc_context(CHART_RC):
+        fig = Figure(figsize=(min(11.0, 3.0 + c * 0.05), 1.4 + k * 0.13), layout="constrained")
+        ax = fig.subplots()
+        image = ax.imshow(values, cmap="RdBu_r", vmin=-top, vmax=top, aspect="auto", interpolation="nearest")
+        ax.set_yticks(range(k), [name[:28] for name in class_names], fontsize=6)
+        step = max(1, c // 24)
+        ax.set_xticks(range(0, c, step), [str(int(f)) for f in filters[::step]], fontsize=6, rotation=90)
+        ax.set(
+            xlabel=f"{layer} filter (ordered by the class it serves most)",
+            title=f"Share of each class's evidence at {layer}",
+        )
+        fig.colorbar(image, ax=ax, shrink=0.6, label="share of the class's positive evidence")
+        return _save(fig)
+
+
 def filter_norm_chart(kernel: np.ndarray) -> bytes:
     """L2 norm of each filter's weights."""
     norms = finite(np.sqrt((kernel.reshape(-1, kernel.shape[-1]).astype(np.float64) ** 2).sum(axis=0)))

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from reportgen.results import (
     Attribution,
+    ClassEvidence,
     Finding,
     ImagePrediction,
     LayerResult,
@@ -22,6 +23,11 @@ LOW_ACCURACY = 0.9
 CLASS_FAILS = 3
 """From this many misclassified images of one class, one finding says the class fails."""
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+SHARED_FILTER_CLASSES = 0.25
+"""A filter that is the strongest evidence for at least this fraction of the classes (and 3) is
+named: many classes then stand on one detector."""
+RELIED_SHARE = 0.1
+"""A class whose strongest filter carries at least this share of its evidence relies on it."""
 
 
 def listed(items: Sequence[object], limit: int = 12) -> str:
@@ -197,6 +203,36 @@ def faithfulness_findings(summary: Attribution) -> list[Finding]:
     return found
 
 
+def evidence_findings(evidence: Sequence[ClassEvidence], layers: Sequence[LayerResult]) -> list[Finding]:
+    """Filters that are the strongest evidence for many classes, and classes relying on a filter
+    the layer's census calls rare (it fires on few probe images: a detector specific to the class,
+    or a fragile one)."""
+    found: list[Finding] = []
+    rare = {layer.name: set(layer.rare_filters) for layer in layers}
+    strongest: dict[tuple[str, int], list[str]] = {}
+    for row in evidence:
+        for layer in dict.fromkeys(d.layer for d in row.filters):
+            top = next(d for d in row.filters if d.layer == layer)
+            if top.contribution <= 0:
+                continue
+            strongest.setdefault((layer, top.filter), []).append(row.name)
+            if top.share >= RELIED_SHARE and top.filter in rare[layer]:
+                message = (
+                    f"{row.name} relies most on {layer} filter {top.filter} ({top.share:.0%} of its evidence there),"
+                    " which fires on few probe images"
+                )
+                found.append(Finding("info", "rare-filter-evidence", f"{row.name}/{layer}", message, "class-evidence"))
+    least = max(3, SHARED_FILTER_CLASSES * len(evidence))
+    for (layer, f), names in strongest.items():
+        if len(names) >= least:
+            message = (
+                f"{layer} filter {f} is the strongest evidence for {len(names)} of {len(evidence)} classes"
+                f" ({listed(names, 6)})"
+            )
+            found.append(Finding("info", "shared-filter", f"{layer}/{f}", message, "class-evidence"))
+    return found
+
+
 def ordered(findings: Sequence[Finding]) -> list[Finding]:
     """Most severe first, otherwise in the order they were found."""
     return sorted(findings, key=lambda f: SEVERITY_ORDER[f.severity])
@@ -213,6 +249,7 @@ def of(report: Report) -> tuple[Finding, ...]:
     found += attribution_findings(report.attribution)
     found += completeness_findings(report.attribution)
     found += faithfulness_findings(report.attribution)
+    found += evidence_findings(report.class_evidence, report.layers)
     return tuple(ordered(found))
 
 

@@ -311,6 +311,16 @@ def build(
     attribution_section = sections.attribution_view(attributed, result.attribution, probe, classes, settings, store)
     progress.advance()
     class_section = sections.class_cards(class_vis, probe, pred, classes, store)
+    evidence_section = sections.evidence_section(
+        result.class_evidence,
+        evidence,
+        layers,
+        {layer.name: layer.section for layer in result.layers},
+        stats,
+        evidence_targets,
+        probe,
+        store,
+    )
     progress.advance()
     progress.finish()
 
@@ -322,7 +332,9 @@ def build(
     )
     if settings.redact:
         result = redact(result)
-    view = sections.report_view(settings, result, layer_views, predictions_section, attribution_section, class_section)
+    view = sections.report_view(
+        settings, result, layer_views, predictions_section, attribution_section, class_section, evidence_section
+    )
     progress.start("write report")
     html = render(view)
     warnings = list(probe.warnings)

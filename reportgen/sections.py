@@ -16,6 +16,7 @@ import numpy as np
 
 from reportgen import figures, results
 from reportgen.analyses import catalogue, patches
+from reportgen.analyses.classfilters import class_order, filter_order
 from reportgen.views import (
     CSP,
     CSP_EXTERNAL,
@@ -23,6 +24,9 @@ from reportgen.views import (
     AttributionRow,
     AttributionView,
     ClassCard,
+    ClassEvidenceRow,
+    EvidenceSection,
+    EvidenceTile,
     Fact,
     FigureView,
     FilterCard,
@@ -42,6 +46,7 @@ if TYPE_CHECKING:  # types only: view-building imports no jax
     from reportgen import attribution, visualisation
     from reportgen.analyses import predictions
     from reportgen.analyses.activations import LayerStatistics
+    from reportgen.analyses.classfilters import LayerEvidence
     from reportgen.config import Settings
     from reportgen.data import ProbeSet
     from reportgen.model.graph import Layer, ReceptiveField
@@ -104,6 +109,11 @@ class FigureStore:
         if name in self.files:
             raise ValueError(f"duplicate figure name {name}")
         self.files[name] = data
+        return self.view(name, alt, caption)
+
+    def view(self, name: str, alt: str, caption: str = "") -> FigureView:
+        """A view of a figure already kept, to show it again."""
+        data = self.files[name]
         src = f"figures/{name}" if self.external else "data:image/png;base64," + base64.b64encode(data).decode()
         return FigureView(src, alt, caption)
 
@@ -316,6 +326,108 @@ def class_cards(
     return ClassSection(tuple(cards), note)
 
 
+EVIDENCE_LAYERS = 2
+"""The deepest visualised layers whose filters each class row shows."""
+EVIDENCE_TILES = 3
+"""Filters shown per class and layer."""
+
+
+def evidence_section(
+    recorded: tuple[results.ClassEvidence, ...],
+    evidence: list[LayerEvidence],
+    layers: tuple[Layer, ...],
+    section_of: Mapping[str, str],
+    per_image: Mapping[str, Mapping[str, np.ndarray]],
+    targets: np.ndarray,
+    probe: ProbeSet,
+    store: FigureStore,
+) -> EvidenceSection:
+    """Which filters each class relies on: a class × filter heatmap per visualised layer and, for
+    every class, the strongest filters of the deepest layers with what they respond to."""
+    index = {layer.name: i for i, layer in enumerate(layers)}
+    shown_layers = tuple(layer.layer for layer in evidence[-EVIDENCE_LAYERS:][::-1])
+    names = {row.index: row.name for row in recorded}
+    heatmaps = []
+    for layer_evidence in evidence[::-1]:
+        order = class_order(layer_evidence.contribution)
+        order = np.array([k for k in order if k in names], int)
+        if not len(order):
+            continue
+        share = layer_evidence.share()[order]
+        filters = filter_order(share)
+        name = layer_evidence.layer
+        heatmaps.append(
+            store.add(
+                f"evidence-{index[name] + 1:02d}-{slug(name)}.png",
+                figures.evidence_heatmap(share[:, filters], [names[k] for k in order], filters, name),
+                f"share of each class's evidence per filter of {name}",
+                f"{name}: rows are classes, ordered so that classes relying on the same filters sit together;"
+                " columns are filters, grouped by the class they serve most. A column red in many rows is a"
+                " filter many classes share; a lone red cell is a filter specific to one class.",
+            )
+        )
+    synthesised_views: dict[tuple[str, int], FigureView | None] = {}
+
+    def synthesised(layer_name: str, f: int) -> FigureView | None:
+        """The filter's synthesised image, kept by its layer section; None where it was not visualised."""
+        if (layer_name, f) not in synthesised_views:
+            name = f"{index[layer_name] + 1:02d}-{slug(layer_name)}-vis-{f:03d}.png"
+            found = store.view(name, f"{layer_name} filter {f} synthesised") if name in store.files else None
+            synthesised_views[layer_name, f] = found
+        return synthesised_views[layer_name, f]
+
+    def class_patch(k: int, layer_name: str, f: int) -> FigureView:
+        """Where the filter fires most in the class's probe images: the receptive field around its
+        strongest unit in the image of class k it fires on most."""
+        layer = layers[index[layer_name]]
+        assert layer.receptive_field is not None
+        own = np.flatnonzero(targets == k)
+        best = own[int(np.argmax(per_image[layer_name]["max"][own, f]))]
+        row, col = divmod(int(per_image[layer_name]["argmax"][best, f]), layer.output_shape[1])
+        crop = patches.crop(probe.images[best], layer.receptive_field, row, col)
+        return store.add(
+            f"evidence-{k:03d}-{index[layer_name] + 1:02d}-{slug(layer_name)}-{f:03d}.png",
+            figures.thumbnail(crop, zoom=figures.zoom_for(crop.shape[0], 44)),
+            f"{layer_name} filter {f} on {probe.names[best]}",
+        )
+
+    def tile(k: int, d: results.DecidingFilter) -> EvidenceTile:
+        patch = class_patch(k, d.layer, d.filter)
+        image = synthesised(d.layer, d.filter)
+        label, share, href = f"{d.layer} #{d.filter}", f"{d.share:.0%}", "#" + section_of[d.layer]
+        return (
+            EvidenceTile(image, patch, label, share, href) if image else EvidenceTile(patch, None, label, share, href)
+        )
+
+    rows = []
+    for row in recorded:
+        groups = tuple(
+            tuple(tile(row.index, d) for d in [d for d in row.filters if d.layer == layer_name][:EVIDENCE_TILES])
+            for layer_name in shown_layers
+        )
+        examples = np.flatnonzero(targets == row.index)
+        example = (
+            store.add(
+                f"evidence-example-{row.index:03d}.png",
+                figures.thumbnail(probe.images[examples[0]], zoom=2),
+                probe.names[examples[0]],
+            )
+            if len(examples)
+            else None
+        )
+        count = f"{row.images} probe image" + ("s" if row.images != 1 else "")
+        rows.append(ClassEvidenceRow(row.name, example, count, groups))
+    note = (
+        "For each class, the filters whose activation carries the most evidence for its logit: activation"
+        " × gradient of the class logit, summed over the map and averaged over the class's probe images"
+        " (its label; the predicted class for unlabelled images). The percentage is the filter's share of all"
+        " positive evidence at that layer. Each tile shows the filter's synthesised image (where it was"
+        " visualised) beside the part of this class's probe images it fires on most; click it to open its"
+        " layer."
+    )
+    return EvidenceSection(note, shown_layers, tuple(heatmaps), tuple(rows))
+
+
 def attribution_view(
     result: attribution.AttributionResult,
     summary: results.Attribution,
@@ -513,6 +625,7 @@ def report_view(
     predictions: PredictionsSection,
     attribution: AttributionView,
     classes: ClassSection,
+    evidence: EvidenceSection,
 ) -> ReportView:
     """The whole report's view model."""
     model, prov = report.model, report.provenance
@@ -581,6 +694,7 @@ def report_view(
         layers=tuple(layer_views),
         classes=classes.cards,
         classes_note=classes.note,
+        evidence=evidence,
         provenance=provenance,
         timings=timings,
         plan=tuple(plan_row(stage) for stage in plan.stages),

@@ -108,6 +108,37 @@ class ClassCard:
 
 
 @dataclass(frozen=True)
+class EvidenceTile:
+    """One filter a class relies on: what it responds to, its share, and where its layer is."""
+
+    image: FigureView  # its synthesised image, or the class patch where it was not visualised
+    patch: FigureView | None  # where it fires most in the class's probe images, beside the synthesised image
+    label: str  # "conv6 #42"
+    share: str  # "31 %"
+    href: str  # the layer section
+
+
+@dataclass(frozen=True)
+class ClassEvidenceRow:
+    """The filters one class relies on, per layer shown."""
+
+    name: str
+    example: FigureView | None
+    images: str  # "2 probe images"
+    tiles: tuple[tuple[EvidenceTile, ...], ...]  # one group per layer shown
+
+
+@dataclass(frozen=True)
+class EvidenceSection:
+    """Which filters decide each class: heatmaps per layer and one row per class."""
+
+    note: str
+    layers: tuple[str, ...]  # the layers whose filters the rows show
+    heatmaps: tuple[FigureView, ...]
+    rows: tuple[ClassEvidenceRow, ...]
+
+
+@dataclass(frozen=True)
 class LayerView:
     """One layer section."""
 
@@ -204,6 +235,7 @@ class ReportView:
     layers: tuple[LayerView, ...]
     classes: tuple[ClassCard, ...]
     classes_note: str
+    evidence: EvidenceSection
     provenance: tuple[Fact, ...]
     timings: tuple[Fact, ...]
     plan: tuple[PlanRow, ...]

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
 import numpy as np
 
-from reportgen.model.engine import Engine
+if TYPE_CHECKING:  # the report's views read LayerEvidence and class_order, and import no jax
+    import jax
+
+    from reportgen.model.engine import Engine
 
 
 def channel_evidence(
@@ -67,6 +69,17 @@ def per_class(values: np.ndarray, classes: np.ndarray, num_classes: int) -> np.n
     counts = np.bincount(classes, minlength=num_classes)[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(counts > 0, sums / counts, np.nan)
+
+
+def filter_order(share: np.ndarray) -> np.ndarray:
+    """Filters grouped by the class (row of `share`, in its order) they give the largest share
+    to, strongest first within a class; filters serving no class last."""
+    values = np.nan_to_num(share, nan=-np.inf)
+    best_row = values.argmax(axis=0)
+    best = values.max(axis=0)
+    serving = best > 0
+    keys = np.where(serving, best_row, len(share))
+    return np.lexsort((-np.where(serving, best, 0.0), keys))
 
 
 def class_order(contribution: np.ndarray) -> np.ndarray:
