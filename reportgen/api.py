@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reportgen import plan
-from reportgen.analyses import cam, catalogue, featurevis
+from reportgen.analyses import cam, catalogue, classfilters, featurevis
 from reportgen.analyses import methods as method_names
 from reportgen.attribution import MethodRunner, Passes
 from reportgen.compute import example_keys, map_examples, workers
@@ -34,6 +34,7 @@ __all__ = [
     "activation_maximization",
     "activations",
     "attribute",
+    "class_filters",
     "class_visualization",
     "deconvnet",
     "eigen_cam",
@@ -88,6 +89,44 @@ def activations(
 
     per_example = _cached(model, ("activations", tuple(names)), build)
     return map_examples(per_example, (model.variables,), _images(model, images), chunk=_passes(model, chunk).forward)
+
+
+def class_filters(
+    model: LoadedModel,
+    images: np.ndarray,
+    targets: Sequence[int] | np.ndarray | None = None,
+    layers: Sequence[str] | None = None,
+    chunk: int | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Which filters decide each class: {layer: {"contribution": (K, C), "weight": (K, C)}} for
+    the named layers (default: every spatial conv layer). Row k averages, over the images whose
+    target is k (default: the predicted class), each filter's Σ activation × d logit_k /
+    d activation ("contribution") and its Grad-CAM channel weight mean d logit_k / d activation
+    ("weight"); rows of classes without images are NaN. See `reportgen.analyses.classfilters`."""
+    x = _images(model, images)
+    names = (
+        list(layers)
+        if layers is not None
+        else [layer.name for layer in model.graph.layers if layer.kind == "conv" and layer.is_spatial]
+    )
+    for name in names:
+        if not model.graph.layer(name).is_spatial:
+            raise ValueError(f"layer {name!r} has no spatial output; class filters need a conv or pooling layer")
+    wanted = _targets(model, x, targets)
+    if (wanted < 0).any():
+        wanted = predict(model, x, chunk).argmax(axis=-1).astype(np.int32)
+    engine = _engine(model)
+
+    def build() -> Callable[..., Any]:
+        return lambda variables, image, target: classfilters.channel_evidence(engine, variables, image, target, names)
+
+    per_example = _cached(model, ("class_filters", tuple(names)), build)
+    per_image = map_examples(per_example, (model.variables,), x, wanted, chunk=_passes(model, chunk).gradient)
+    k = model.graph.num_classes
+    return {
+        name: {key: classfilters.per_class(per_image[name][key], wanted, k) for key in ("contribution", "weight")}
+        for name in names
+    }
 
 
 # ---------------------------------------------------------------------------------------------

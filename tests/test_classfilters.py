@@ -61,3 +61,27 @@ def test_orders_put_classes_sharing_filters_together() -> None:
     share = np.array([[0.1, 0.8, 0.0, -0.2], [0.0, 0.1, 0.0, 0.9]])
     # Class 0: filter 1, then filter 0 (weakly); class 1: filter 3; filter 2 serves no class.
     np.testing.assert_array_equal(classfilters.filter_order(share), [1, 0, 3, 2])
+
+
+def test_api_class_filters_averages_over_each_class_and_defaults_to_the_prediction(tmp_path: Path) -> None:
+    variables = tiny_models.init_linen(tiny_models.LinearConv(), seed=13)
+    model = api.load_model(f"{SPEC}:LinearConv", save(tmp_path / "ck", variables))
+    p = jax.tree.map(np.asarray, variables["params"])
+    x = np.random.default_rng(4).uniform(0, 1, (5, 6, 6, 3)).astype(np.float32)
+    acts = np.einsum("nhwc,cf->nhwf", x, p["mix"]["kernel"][0, 0]) + p["mix"]["bias"]
+    kernel = p["out"]["kernel"].reshape(6, 6, 2, 3)
+
+    def by_hand(targets: np.ndarray) -> np.ndarray:
+        per_image = np.einsum("nhwf,hwfn->nf", acts, kernel[..., targets])
+        return np.stack(
+            [per_image[targets == k].mean(axis=0) if (targets == k).any() else [np.nan] * 2 for k in range(3)]
+        )
+
+    given = np.array([0, 0, 2, 2, 2])
+    got = api.class_filters(model, x, given)["mix"]
+    np.testing.assert_allclose(got["contribution"], by_hand(given), rtol=1e-4, atol=1e-5)
+    assert np.isnan(got["contribution"][1]).all()
+    predicted = api.predict(model, x).argmax(axis=-1)
+    np.testing.assert_allclose(
+        api.class_filters(model, x)["mix"]["contribution"], by_hand(predicted), rtol=1e-4, atol=1e-5
+    )

@@ -330,3 +330,52 @@ def test_a_class_that_fails_is_one_finding_and_a_stray_error_is_its_own() -> Non
         "class one: 4 of 5 labelled probe images are misclassified, most often as seven (3):"
         " one/0.png, one/1.png, one/2.png, one/3.png"
     )
+
+
+def test_class_evidence_agrees_with_a_direct_computation(built: Path, tiny_probe: Path) -> None:
+    import flax.linen as nn
+    import jax
+
+    loaded = results.load(built)
+    probe = read_probe(tiny_probe, (8, 8, 3), ["a", "b", "c"])
+    module, variables = tiny_models.TinyLinen(), linen_variables()
+
+    def logit(scale: jax.Array, image: np.ndarray, k: int) -> jax.Array:
+        """Class k's logit with each conv1 filter's output multiplied by `scale`: its gradient at
+        1 is Σ activation × d logit / d activation per filter (ReLU commutes with scale > 0)."""
+
+        def scaled(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            is_conv1 = context.module.name == "conv1" and context.method_name == "__call__"
+            return out * scale if is_conv1 else out
+
+        with nn.intercept_methods(scaled):
+            return module.apply(variables, image[None])[0, k]
+
+    targets = np.where(probe.labels >= 0, probe.labels, -1)
+    assert (targets >= 0).all()
+    per_image = np.stack([jax.grad(logit)(np.ones(8), x, int(k)) for x, k in zip(probe.images, targets, strict=True)])
+    assert [row.index for row in loaded.class_evidence] == sorted(set(targets.tolist()))
+    for row in loaded.class_evidence:
+        mean = per_image[targets == row.index].mean(axis=0)
+        conv1 = [d for d in row.filters if d.layer == "conv1"]
+        assert [d.filter for d in conv1] == list(np.argsort(-mean, kind="stable")[: len(conv1)])
+        np.testing.assert_allclose([d.contribution for d in conv1], np.sort(mean)[::-1][: len(conv1)], rtol=1e-4)
+        positive = np.maximum(mean, 0).sum()
+        expected_share = np.sort(mean)[::-1][: len(conv1)] / positive
+        np.testing.assert_allclose([d.share for d in conv1], expected_share, rtol=1e-4, atol=1e-7)
+
+
+def test_evidence_findings_name_shared_and_rare_filters(built: Path) -> None:
+    loaded = results.load(built)
+    conv = dataclasses.replace(loaded.layer("conv1"), rare_filters=(5,))
+
+    def evidence(name: str, index: int, top: int, share: float) -> results.ClassEvidence:
+        return results.ClassEvidence(name, index, 1, (results.DecidingFilter("conv1", top, 1.0, share, 0.1),))
+
+    rows = [evidence("a", 0, 2, 0.3), evidence("b", 1, 2, 0.3), evidence("c", 2, 2, 0.05), evidence("d", 3, 5, 0.4)]
+    found = findings.evidence_findings(rows, [conv])
+    assert [(f.code, f.subject) for f in found] == [("rare-filter-evidence", "d/conv1"), ("shared-filter", "conv1/2")]
+    assert "strongest evidence for 3 of 4 classes (a, b, c)" in found[1].message
+    # Two classes on one filter are no pattern; a small share of a rare filter is no reliance.
+    assert findings.evidence_findings(rows[:2] + [evidence("d", 3, 5, 0.05)], [conv]) == []
