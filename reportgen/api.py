@@ -27,6 +27,7 @@ from reportgen.config import Preprocess
 from reportgen.model.engine import Engine
 from reportgen.model.graph import Layer
 from reportgen.model.load import LoadedModel, load_model
+from reportgen.model.lrp import Composite
 from reportgen.visualisation import optimise, preprocessing
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "layer_cam",
     "layer_info",
     "load_model",
+    "lrp",
     "occlusion",
     "predict",
     "saliency",
@@ -244,6 +246,36 @@ def gradient_x_input(
 ) -> np.ndarray:
     """Gradient times input, (N, H, W, C). Shrikumar et al. 2016, "Not Just a Black Box"."""
     return _single(model, images, targets, "gradient_x_input", chunk)
+
+
+def lrp(
+    model: LoadedModel,
+    images: np.ndarray,
+    targets: Any = None,
+    *,
+    low: float = 0.0,
+    high: float = 1.0,
+    gamma: float = 0.25,
+    epsilon: float = 1e-6,
+    chunk: int | None = None,
+) -> np.ndarray:
+    """Layer-wise relevance propagation of the target logit, (N, H, W, C): the z^B rule at the
+    first layer (inputs bounded by `low` and `high`), the γ rule at the other convolutions and the
+    ε rule at dense layers (Montavon et al. 2019, "Layer-Wise Relevance Propagation: An Overview";
+    Bach et al. 2015). With no biases the relevance sums to the logit."""
+    x = _images(model, images)
+    wanted = _targets(model, x, targets)
+    if (wanted < 0).any():
+        wanted = np.where(wanted < 0, predict(model, x, chunk).argmax(axis=-1), wanted).astype(np.int32)
+    engine = _engine(model)
+    composite = Composite(gamma, epsilon)
+
+    def build() -> Callable[..., Any]:
+        return lambda variables, lo, hi, image, target: engine.lrp(variables, image, target, lo, hi, composite)
+
+    per_example = _cached(model, ("lrp", composite), build)
+    bounds = (np.full(model.input_shape, low, np.float32), np.full(model.input_shape, high, np.float32))
+    return map_examples(per_example, (model.variables, *bounds), x, wanted, chunk=_passes(model, chunk).gradient)
 
 
 def smoothgrad(

@@ -112,6 +112,7 @@ class MethodRunner:
         cam_layer: str,
         layer_cams: Sequence[str],
         black: np.ndarray,
+        white: np.ndarray | None = None,
     ) -> None:
         order = [layer.name for layer in engine.graph.layers]
         self.engine = engine
@@ -119,6 +120,7 @@ class MethodRunner:
         self.cam_layer = cam_layer
         self.layer_cams = list(layer_cams)
         self.black = np.asarray(black, np.float32)
+        self.white = self.black + 1.0 if white is None else np.asarray(white, np.float32)
         tapped = sorted({cam_layer, *layer_cams}, key=order.index)
         black_image = jnp.asarray(self.black)
 
@@ -145,6 +147,9 @@ class MethodRunner:
 
         def deconvnet(variables: Any, image: jax.Array, target: jax.Array) -> jax.Array:
             return saliency.deconvnet(engine, variables, image, target)
+
+        def lrp(variables: Any, low: jax.Array, high: jax.Array, image: jax.Array, target: jax.Array) -> jax.Array:
+            return engine.lrp(variables, image, target, low, high)
 
         def smoothgrad(
             variables: Any, image: jax.Array, target: jax.Array, key: jax.Array, ids: jax.Array, weights: jax.Array
@@ -193,6 +198,7 @@ class MethodRunner:
 
         self._shared, self._cams_only, self._smoothgrad_part = shared, cams_only, smoothgrad
         self._logits = engine.logits
+        self._lrp = lrp
         self._relu_rules = {"guided_backprop": guided, "deconvnet": deconvnet}
         self._starts, self._integrated = starts, integrated
 
@@ -220,6 +226,7 @@ class MethodRunner:
             **{name: self._from_shared(name) for name in ("saliency", "gradient_x_input", *catalogue.LAYER_CAMS)},
             **{name: self._relu_rule(name) for name in self._relu_rules},
             "guided_grad_cam": self._guided_grad_cam,
+            "lrp": self._lrp_maps,
             "smoothgrad": self._smoothgrad,
             "integrated_gradients": self._integrated_gradients,
             "score_cam": self._score_cam,
@@ -284,6 +291,11 @@ class MethodRunner:
             return job.cache[name]
 
         return compute
+
+    def _lrp_maps(self, job: _Job) -> np.ndarray:
+        """LRP with the z^B rule's bounds at the darkest and brightest input images."""
+        shared = (job.variables, self.black, self.white)
+        return map_examples(self._lrp, shared, job.images, job.targets, chunk=job.passes.gradient)
 
     def _guided_grad_cam(self, job: _Job) -> np.ndarray:
         return self._relu_rule("guided_backprop")(job) * job.shared["upsampled"]["grad_cam"][..., None]
@@ -435,12 +447,14 @@ def targets_for(settings: Settings, labels: np.ndarray, num_classes: int) -> np.
     return np.full(len(labels), k, np.int32)
 
 
-def runner_for(engine: Engine, model: LoadedModel, settings: Settings, black: np.ndarray) -> MethodRunner:
+def runner_for(
+    engine: Engine, model: LoadedModel, settings: Settings, black: np.ndarray, white: np.ndarray
+) -> MethodRunner:
     """The method runner of a build: CAMs at every conv and pooling layer, the Attribution
     section's at the graph's CAM layer."""
     spatial = [layer for layer in model.graph.layers if layer.is_spatial]
     cam_layers = [layer.name for layer in spatial if layer.kind != "norm"]
-    return MethodRunner(engine, config_from(settings), model.graph.cam_layer, cam_layers, black)
+    return MethodRunner(engine, config_from(settings), model.graph.cam_layer, cam_layers, black, white)
 
 
 def run(

@@ -301,7 +301,7 @@ CLASS_STAGE = "visualise classes"
 EVIDENCE_STAGE = "class evidence"
 """The stage that synthesises an image per class."""
 
-ATTRIBUTION_PROGRAMS = 9
+ATTRIBUTION_PROGRAMS = 10
 """Compilation of the attribution stage's programs, in units of one gradient program's (measured
 on a ResNet-18 at 64x64: 27 s against 3 s)."""
 
@@ -345,7 +345,7 @@ class Workload:
 def attribution_passes(settings: Any, cam_channels: int, windows: int) -> tuple[int, int]:
     """(gradient passes, forward passes) of every attribution method for one example."""
     a = settings.attribution
-    gradient = 3 + a.smoothgrad_samples + a.ig_steps  # shared, guided, deconvnet, samples, path points
+    gradient = 4 + a.smoothgrad_samples + a.ig_steps  # shared, guided, deconvnet, LRP, samples, path points
     forward = cam_channels + windows
     return gradient, forward
 

@@ -252,8 +252,9 @@ def build(
         progress,
     )
     black = to_model(np.zeros((1, *model.input_shape), np.float32), settings.preprocess)[0]
+    white = to_model(np.ones((1, *model.input_shape), np.float32), settings.preprocess)[0]
     explained = display_indices(probe.labels, settings.attribution.images)
-    runner = attribution.runner_for(engine, model, settings, black)
+    runner = attribution.runner_for(engine, model, settings, black, white)
     attributed = attribution.run(runner, model, inputs, probe.labels, explained, settings, build_plan.passes, progress)
     class_order = np.argsort(-np.bincount(pred.predicted, minlength=model.graph.num_classes), kind="stable")
     filter_vis, class_vis = visualisation.run(

@@ -193,3 +193,15 @@ class Branches(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = Mixed(name="Mixed")(x)
         return nn.Dense(2, name="out")(x.mean(axis=(1, 2)))
+
+
+class LrpNet(nn.Module):
+    """1x1 conv + relu, 1x1 conv + relu, flatten, dense; no biases: LRP by hand, relevance conserved."""
+
+    input_shape = (2, 2, 2)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Conv(3, (1, 1), use_bias=False, name="first")(x))
+        x = nn.relu(nn.Conv(2, (1, 1), use_bias=False, name="second")(x))
+        return nn.Dense(2, use_bias=False, name="out")(x.reshape((x.shape[0], -1)))

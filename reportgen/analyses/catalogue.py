@@ -35,6 +35,11 @@ CATALOGUE: tuple[Method, ...] = (
         "Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks",
     ),
     Method(
+        "lrp", "LRP", True, False, "one backward pass with the LRP rules (z^B, γ, ε)",
+        "Bach et al. 2015, On Pixel-Wise Explanations by Layer-Wise Relevance Propagation;"
+        " Montavon et al. 2019, Layer-Wise Relevance Propagation: An Overview",
+    ),
+    Method(
         "gradient_x_input", "Gradient × input", True, True, "the shared backward pass",
         "Shrikumar et al. 2016, Not Just a Black Box",
     ),

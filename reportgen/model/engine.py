@@ -11,13 +11,16 @@ JAX, so it composes with jit, vmap and grad.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from reportgen.model.graph import Const, FlatJaxpr, Graph
+from reportgen.model.graph import Const, FlatJaxpr, Graph, activation_vars
+from reportgen.model.lrp import DEFAULT_COMPOSITE, Composite, RulePlan, plan_rules, relevance_layer
 from reportgen.model.smallconv import conv_as_matmul, spans_input
 from reportgen.model.tiledpool import tiled_max, tiles_input
 
@@ -124,6 +127,22 @@ def _flag(redirect: jax.Array | Mapping[int, jax.Array] | None, eqn: int) -> jax
     return jnp.asarray(redirect, bool)
 
 
+class LrpCall(NamedTuple):
+    """LRP's rules for one evaluation: the plan, its parameters, and the first layer's input
+    bounds (differentiate with respect to them for their relevance terms)."""
+
+    plan: RulePlan
+    composite: Composite
+    bounds: tuple[jax.Array, jax.Array]
+
+
+def _apply(primitive: Any, params: dict[str, Any], args: list[Any]) -> Any:
+    """One equation, a convolution whose kernel spans its input as a matrix product."""
+    if primitive.name == "conv_general_dilated" and spans_input(params, args[0].shape, args[1].shape):
+        return conv_as_matmul(*args, **params)
+    return _bind(primitive, params, args)
+
+
 def evaluate(
     graph: Graph,
     leaves: Sequence[jax.Array],
@@ -133,13 +152,15 @@ def evaluate(
     relu: ReluRule = "standard",
     relu_at: frozenset[int] | None = None,
     redirect: jax.Array | Mapping[int, jax.Array] | None = None,
+    lrp: LrpCall | None = None,
 ) -> list[jax.Array]:
     """Values of the target variables for one example, computing only what they need.
 
     `probes` maps variable ids to arrays added to those variables as soon as they are computed.
     `relu` replaces the backward rule of every ReLU, or only of the ReLU equations in `relu_at`;
     the "redirected" rule redirects while the boolean `redirect` is true (default: always), or,
-    with a mapping from equation index to flag, while that equation's flag is.
+    with a mapping from equation index to flag, while that equation's flag is. `lrp` gives every
+    weighted layer its LRP rule's backward pass (`lrp.py`).
     """
     flat = graph.flat
     probes = probes or {}
@@ -154,6 +175,14 @@ def evaluate(
         if i in replaced:
             x = next(a for v, a in zip(eqn.inputs, args, strict=True) if not isinstance(v, Const))
             outs = [redirected_relu(x, _flag(redirect, i)) if relu == "redirected" else _RELUS[relu](x)]
+        elif lrp is not None and i in lrp.plan.rules:
+            rule, position = lrp.plan.rules[i]
+
+            def bind(a: jax.Array, b: jax.Array, eqn: Any = eqn, position: int = position) -> jax.Array:
+                return _apply(eqn.primitive, eqn.params, [a, b] if position == 0 else [b, a])
+
+            bounds = lrp.bounds if rule == "bounded" else None
+            outs = [relevance_layer(bind, args[position], args[1 - position], rule, lrp.composite, bounds)]
         elif eqn.primitive.name == "conv_general_dilated" and spans_input(eqn.params, args[0].shape, args[1].shape):
             outs = [conv_as_matmul(*args, **eqn.params)]
         elif eqn.primitive.name == "reduce_window_max" and tiles_input(eqn.params, args[0].shape):
@@ -232,6 +261,43 @@ class Engine:
         targets = [self._logits_var, *self._vars(names)]
         logits, *values = evaluate(self.graph, jax.tree.leaves(variables), image, targets)
         return logits, {n: v[0] for n, v in zip(names, values, strict=True)}
+
+    @functools.cached_property
+    def lrp_plan(self) -> RulePlan:
+        """The LRP composite's rule for every weighted layer of the model."""
+        return plan_rules(self.graph.flat, activation_vars(self.graph.flat, self.graph.flat.inputs[-1]))
+
+    def lrp(
+        self,
+        variables: Any,
+        image: jax.Array,
+        target: jax.Array,
+        low: jax.Array,
+        high: jax.Array,
+        composite: Composite = DEFAULT_COMPOSITE,
+    ) -> jax.Array:
+        """LRP relevance of the target logit for one example, (H, W, C) (`lrp.py`); `low` and
+        `high` are the lowest and highest input images (the z^B rule's bounds)."""
+        plan = self.lrp_plan
+        leaves = jax.tree.leaves(variables)
+        first = plan.first_input
+        shape = self.graph.flat.shapes[first]
+        if math.prod(shape) != math.prod(image.shape) or tuple(shape[-len(image.shape) :]) != tuple(image.shape):
+            raise ValueError(
+                f"LRP takes relevance at the first layer's input, of shape {shape}, not the image's {image.shape}"
+            )
+        (x,) = evaluate(self.graph, leaves, image, [first])
+        (low_in,) = evaluate(self.graph, leaves, jnp.broadcast_to(low, image.shape), [first])
+        (high_in,) = evaluate(self.graph, leaves, jnp.broadcast_to(high, image.shape), [first])
+
+        def logit(probe: jax.Array, bound_low: jax.Array, bound_high: jax.Array) -> jax.Array:
+            call = LrpCall(plan, composite, (bound_low, bound_high))
+            (logits,) = evaluate(self.graph, leaves, image, [self._logits_var], {first: probe}, lrp=call)
+            return logits[target]
+
+        grads = jax.grad(logit, argnums=(0, 1, 2))(jnp.zeros(shape, x.dtype), low_in, high_in)
+        relevance = x * grads[0] + low_in * grads[1] + high_in * grads[2]
+        return relevance.reshape(image.shape)
 
     def gradients(
         self,

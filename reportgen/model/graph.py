@@ -276,7 +276,7 @@ def build_graph(flat: FlatJaxpr, param_paths: Sequence[str]) -> Graph:
     `param_paths` names the variable leaves (all inputs but the last), for parameter counts.
     """
     image = flat.inputs[-1]
-    active = _activation_vars(flat, image)
+    active = activation_vars(flat, image)
     leaf_of = {vid: path for vid, path in zip(flat.inputs[:-1], param_paths, strict=True)}
     leaf_sizes = {vid: math.prod(flat.shapes[vid]) for vid in leaf_of}
     feeds = _param_feeds(flat, active, set(leaf_of))
@@ -309,7 +309,7 @@ def build_graph(flat: FlatJaxpr, param_paths: Sequence[str]) -> Graph:
     return Graph(flat, tuple(layers), _relu_eqns(flat, active), flat.shapes[image])
 
 
-def _activation_vars(flat: FlatJaxpr, image: int) -> set[int]:
+def activation_vars(flat: FlatJaxpr, image: int) -> set[int]:
     """Variables that depend on the image (everything else is parameters and constants)."""
     active = {image}
     for eqn in flat.eqns:
