@@ -503,7 +503,11 @@ def attribution_view(
     s = settings.attribution
     notes = (
         f"The Attribution CAMs use layer {result.cam_layer}, the last feature map before the classifier;"
-        " each conv, merge and pooling layer's section shows Grad-CAM, Grad-CAM++ and Layer-CAM at that layer.",
+        " each conv, merge and pooling layer's section shows "
+        + ", ".join(catalogue.TITLES[m] for m in catalogue.LAYER_CAMS[:-1])
+        + f" and {catalogue.TITLES[catalogue.LAYER_CAMS[-1]]} at that layer."
+        " LRP: the z^B rule at the first layer (pixels bounded by the darkest and brightest input), the γ rule"
+        " (γ = 0.25) at the other convolutions, ε at dense layers (Montavon et al. 2019).",
         f"SmoothGrad: {s.smoothgrad_samples} samples, noise {s.smoothgrad_noise:g} of the value range."
         f" Integrated Gradients: {s.ig_steps} steps, {s.ig_rule} rule, {s.ig_baseline} baseline"
         f"{completeness_text(result)}."
