@@ -108,6 +108,11 @@ def workers() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), 8))
 
 
+def chunk_size(n: int, chunk: int) -> int:
+    """The size of every chunk of n examples taken `chunk` at a time."""
+    return chunk_for(min(chunk, 1 << max(0, n - 1).bit_length()))
+
+
 def _chunks(
     n: int,
     chunk: int,
@@ -120,7 +125,7 @@ def _chunks(
     trimmed to the valid rows and written into arrays of n rows allocated once (no list of pieces
     to concatenate: peak memory holds the result once). The size depends on n only through that
     power of two, so new data of another length rarely needs a new program."""
-    size = chunk_for(min(chunk, 1 << max(0, n - 1).bit_length()))
+    size = chunk_size(n, chunk)
     lock = threading.Lock()
     stacked: list[Any] = []  # the result, allocated when the first chunk arrives
 
@@ -194,7 +199,8 @@ def map_inner(
     `inner` arrays share their first axis, the inner axis; `fn` receives `inner_batch` of them at
     once (the last slice zero-padded). With `combine="sum"` the slices' results are added (padding
     must contribute zero, e.g. through a zero weight); with `"concat"` they are joined on axis 1
-    and the padding dropped. The slices are driven from the host rather than by `lax.map`: XLA's
+    and the padding dropped. With fewer chunks than worker streams, a chunk's slices run on the
+    streams side by side. The slices are driven from the host rather than by `lax.map`: XLA's
     CPU backend runs convolution gradients inside a loop body about four times slower than the
     same program outside one, and one fixed slice shape still compiles once.
     """
@@ -206,9 +212,17 @@ def map_inner(
     shared = _replicate(shared)
     slices = [_replicate([_pad_zeros(a[j : j + step], step) for a in inner]) for j in range(0, m, step)]
 
+    n = len(per_example[0])
+    streams = workers()
+    spare_streams = len(slices) > 1 and -(-n // chunk_size(n, chunk)) < streams
+
     def compute_chunk(start: int, size: int) -> Any:
         batch = _shard(per_example, start, size)
-        outs = [run(*shared, *batch, *inner_slice) for inner_slice in slices]
+        if spare_streams:  # fewer chunks than streams (one image checked, say): run its slices side by side
+            with ThreadPoolExecutor(streams) as pool:
+                outs = list(pool.map(lambda part: jax.block_until_ready(run(*shared, *batch, *part)), slices))
+        else:
+            outs = [run(*shared, *batch, *inner_slice) for inner_slice in slices]
         if combine == "sum":
             return functools.reduce(lambda a, b: jax.tree.map(jax.numpy.add, a, b), outs)
         return jax.tree.map(lambda *xs: jax.numpy.concatenate(xs, axis=1)[:, :m], *outs)
