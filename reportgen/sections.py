@@ -354,13 +354,15 @@ def evidence_section(
         if not len(order):
             continue
         share = layer_evidence.share()[order]
+        if not (np.nan_to_num(share) > 0).any():  # the logits do not depend on this layer's filters
+            continue
         filters = filter_order(share)
         name = layer_evidence.layer
         heatmaps.append(
             store.add(
                 f"evidence-{index[name] + 1:02d}-{slug(name)}.png",
                 figures.evidence_heatmap(share[:, filters], [names[k] for k in order], filters, name),
-                f"share of each class's evidence per filter of {name}",
+                f"Share of each class's evidence per filter of {name}",
                 f"{name}: rows are classes, ordered so that classes relying on the same filters sit together;"
                 " columns are filters, grouped by the class they serve most. A column red in many rows is a"
                 " filter many classes share; a lone red cell is a filter specific to one class.",
@@ -402,7 +404,10 @@ def evidence_section(
     rows = []
     for row in recorded:
         groups = tuple(
-            tuple(tile(row.index, d) for d in [d for d in row.filters if d.layer == layer_name][:EVIDENCE_TILES])
+            tuple(
+                tile(row.index, d)
+                for d in [d for d in row.filters if d.layer == layer_name and d.contribution > 0][:EVIDENCE_TILES]
+            )
             for layer_name in shown_layers
         )
         examples = np.flatnonzero(targets == row.index)
