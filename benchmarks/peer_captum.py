@@ -315,9 +315,9 @@ class Peers:
     def reportgen_all(self) -> dict[str, Maps]:
         """Every method through `api.attribute`, which shares passes between them.
 
-        Grad-CAM is asked for through `cam_layers`: its "layer_cams" hold {layer: {"grad_cam": (N, h, w),
-        ...}} from one backward pass (Grad-CAM++ and Layer-CAM come along at no extra pass). "grad_cam"
-        in `methods` would add a map upsampled to the input, which Captum does not compute here.
+        Grad-CAM is asked for through `cam_layers` with `layer_cam_methods=["grad_cam"]`: its
+        "layer_cams" hold {layer: {"grad_cam": (N, h, w)}} from one backward pass. "grad_cam" in
+        `methods` would add a map upsampled to the input, which Captum does not compute here.
         """
         attribute: Callable[..., dict[str, Any]] = api.attribute
         result = attribute(
@@ -334,6 +334,7 @@ class Peers:
             occlusion_stride=STRIDE,
             occlusion_fill=0.0,
             cam_layers=CONV_LAYERS,
+            layer_cam_methods=["grad_cam"],
         )
         maps: dict[str, Maps] = {name: np.asarray(result[name]) for name in ALL_METHODS}
         maps["grad_cam"] = {layer: np.asarray(result["layer_cams"][layer]["grad_cam"]) for layer in CONV_LAYERS}

@@ -184,14 +184,16 @@ def attribute(
     methods: Sequence[str] = catalogue.METHODS,
     cam_layer: str | None = None,
     cam_layers: Sequence[str] = (),
+    layer_cam_methods: Sequence[str] = catalogue.LAYER_CAMS,
     seed: int = 0,
     baselines: np.ndarray | None = None,
     chunk: int | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Several attribution methods at once, sharing passes: {method: raw output}, plus
-    `"layer_cams"`: {layer: {"grad_cam" | "grad_cam_pp" | "layer_cam": (N, h, w)}} for every layer of
-    `cam_layers` (and `cam_layer`) from the same backward pass.
+    `"layer_cams"`: {layer: {CAM: (N, h, w)}} for every layer of `cam_layers` (the CAMs of
+    `layer_cam_methods`: Grad-CAM, Grad-CAM++, Layer-CAM, HiResCAM and EigenCAM by default) and
+    `cam_layer` (all of them), from the same backward pass.
 
     `cam_layer` (default: the last conv, merge or normalisation output, the feature map before the
     classifier) is where Grad-CAM, Grad-CAM++, Layer-CAM, Score-CAM and guided Grad-CAM are taken;
@@ -210,9 +212,14 @@ def attribute(
     for name in (layer, *cam_layers):
         if not model.graph.layer(name).is_spatial:
             raise ValueError(f"layer {name!r} has no spatial output; CAMs need a conv or pooling layer")
-    key = ("runner", config, layer, tuple(cam_layers))
+    unknown = set(layer_cam_methods) - set(catalogue.LAYER_CAMS)
+    if unknown:
+        raise ValueError(f"layer_cam_methods must be among {', '.join(catalogue.LAYER_CAMS)}; got {sorted(unknown)}")
+    key = ("runner", config, layer, tuple(cam_layers), tuple(layer_cam_methods))
     black = np.zeros(model.input_shape, np.float32)
-    runner = _cached(model, key, lambda: MethodRunner(_engine(model), config, layer, cam_layers, black))
+    runner = _cached(
+        model, key, lambda: MethodRunner(_engine(model), config, layer, cam_layers, black, None, layer_cam_methods)
+    )
     keys = example_keys(seed, np.arange(len(x)))
     passes = _passes(model, chunk)
     out = runner.run(model.variables, x, _targets(model, x, targets), keys, passes, list(methods), starts=baselines)
@@ -343,7 +350,10 @@ def grad_cam(
     if isinstance(layer, str):
         return _cam_method(model, images, targets, layer, upsample, chunk, "grad_cam")
     layers = list(layer)
-    out = attribute(model, images, targets, methods=[], cam_layer=layers[-1], cam_layers=layers, chunk=chunk)
+    out = attribute(
+        model, images, targets, methods=[], cam_layer=layers[-1], cam_layers=layers, layer_cam_methods=["grad_cam"],
+        chunk=chunk,
+    )  # fmt: skip
     size = model.input_shape[:2]
     maps = {name: out["layer_cams"][name]["grad_cam"] for name in layers}
     return {name: _upsampled(m, size) for name, m in maps.items()} if upsample else maps

@@ -113,7 +113,11 @@ class MethodRunner:
         layer_cams: Sequence[str],
         black: np.ndarray,
         white: np.ndarray | None = None,
+        layer_cam_methods: Sequence[str] = catalogue.LAYER_CAMS,
     ) -> None:
+        """`layer_cam_methods` are the CAMs computed at each of `layer_cams` (the `cam_layer`
+        always gets all of them); `black` and `white` are the darkest and brightest input images
+        (default: white one above black)."""
         order = [layer.name for layer in engine.graph.layers]
         self.engine = engine
         self.config = config
@@ -128,7 +132,8 @@ class MethodRunner:
             result = saliency.shared_pass(engine, variables, image, target, tapped)
             cams = {
                 name: {
-                    m: getattr(cam, m)(result.activations[name], result.gradients[name]) for m in catalogue.LAYER_CAMS
+                    m: getattr(cam, m)(result.activations[name], result.gradients[name])
+                    for m in (catalogue.LAYER_CAMS if name == cam_layer else layer_cam_methods)
                 }
                 for name in tapped
             }

@@ -239,6 +239,9 @@ def test_eigen_cam_is_the_first_principal_component_over_positions(conv_gap) -> 
     for seed in range(8):
         activation = rand((5, 4, 6), seed=20 + seed) ** 3
         np.testing.assert_allclose(cam.eigen_cam(activation, activation), eigen_reference(activation), atol=1e-4)
+    # Few positions and many channels: iterated on the positions rather than the covariance.
+    wide = rand((2, 2, 40), seed=29) ** 3
+    np.testing.assert_allclose(cam.eigen_cam(wide, wide), eigen_reference(wide), atol=1e-4)
     # Two channels in contrast: the component is orthogonal to the all-ones direction.
     pattern = rand((5, 4, 1), seed=30)
     contrast = np.concatenate([pattern, 1.0 - pattern, np.full_like(pattern, 0.5)], axis=-1)
@@ -247,3 +250,16 @@ def test_eigen_cam_is_the_first_principal_component_over_positions(conv_gap) -> 
     both = api.attribute(model, x, [0, 1], methods=["eigen_cam"], cam_layer="conv")["layer_cams"]["conv"]["eigen_cam"]
     other = api.attribute(model, x, [2, 2], methods=["eigen_cam"], cam_layer="conv")["layer_cams"]["conv"]["eigen_cam"]
     np.testing.assert_array_equal(both, other)
+
+
+def test_layer_cam_methods_restrict_the_cams_of_the_extra_layers(linen_checkpoint: Path) -> None:
+    model = api.load_model(f"{SPEC}:TinyLinen", linen_checkpoint)
+    x = rand((3, 8, 8, 3), seed=12)
+    everything = api.attribute(model, x, methods=[], cam_layers=["conv1"])["layer_cams"]
+    only = api.attribute(model, x, methods=[], cam_layers=["conv1"], layer_cam_methods=["grad_cam"])["layer_cams"]
+    assert set(everything["conv1"]) == set(catalogue.LAYER_CAMS) and set(only["conv1"]) == {"grad_cam"}
+    np.testing.assert_array_equal(only["conv1"]["grad_cam"], everything["conv1"]["grad_cam"])
+    last = model.graph.cam_layer
+    assert set(only[last]) == set(catalogue.LAYER_CAMS)  # the CAM layer keeps all of them
+    with pytest.raises(ValueError, match="layer_cam_methods"):
+        api.attribute(model, x, methods=[], cam_layers=["conv1"], layer_cam_methods=["score_cam"])

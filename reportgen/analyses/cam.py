@@ -65,8 +65,18 @@ def eigen_cam(activation: jax.Array, gradient: jax.Array) -> jax.Array:
     matrix = activation.reshape(h * w, c)
     centred = matrix - matrix.mean(axis=0)
 
+    if c * (h * w + POWER_ITERATIONS) < 2 * POWER_ITERATIONS * h * w:  # cheaper through the C x C covariance
+        covariance = centred.T @ centred
+
+        def apply(v: jax.Array) -> jax.Array:
+            return covariance @ v
+    else:
+
+        def apply(v: jax.Array) -> jax.Array:
+            return centred.T @ (centred @ v)
+
     def step(_: int, v: jax.Array) -> jax.Array:
-        u = centred.T @ (centred @ v)
+        u = apply(v)
         return u / jnp.maximum(jnp.linalg.norm(u), jnp.finfo(u.dtype).tiny)
 
     # A fixed, irregular, positive start: it overlaps any direction (a uniform start is
