@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tiny_models
 from conftest import SPEC, save
 
 from reportgen import api
@@ -91,7 +88,7 @@ def test_lrp_matches_the_rules_propagated_by_hand(lrp_net, gamma: float) -> None
 
 
 def test_relevance_is_conserved_from_the_logit_to_the_pixels(lrp_net) -> None:
-    model, p = lrp_net
+    model, _ = lrp_net
     engine = Engine(model.graph)
     x = np.random.default_rng(7).uniform(0, 1, (5, 2, 2, 2)).astype(np.float32)
     logits = api.predict(model, x)

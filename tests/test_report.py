@@ -378,4 +378,4 @@ def test_evidence_findings_name_shared_and_rare_filters(built: Path) -> None:
     assert [(f.code, f.subject) for f in found] == [("rare-filter-evidence", "d/conv1"), ("shared-filter", "conv1/2")]
     assert "strongest evidence for 3 of 4 classes (a, b, c)" in found[1].message
     # Two classes on one filter are no pattern; a small share of a rare filter is no reliance.
-    assert findings.evidence_findings(rows[:2] + [evidence("d", 3, 5, 0.05)], [conv]) == []
+    assert findings.evidence_findings([*rows[:2], evidence("d", 3, 5, 0.05)], [conv]) == []
