@@ -28,7 +28,7 @@ from reportgen.model.engine import Engine
 from reportgen.model.graph import Layer
 from reportgen.model.load import LoadedModel, load_model
 from reportgen.model.lrp import Composite
-from reportgen.visualisation import optimise, preprocessing
+from reportgen.visualisation import optimise, preprocessing, visualised_layers
 
 __all__ = [
     "LoadedModel",
@@ -106,17 +106,11 @@ def class_filters(
     d activation ("contribution") and its Grad-CAM channel weight mean d logit_k / d activation
     ("weight"); rows of classes without images are NaN. See `reportgen.analyses.classfilters`."""
     x = _images(model, images)
-    names = (
-        list(layers)
-        if layers is not None
-        else [layer.name for layer in model.graph.layers if layer.kind == "conv" and layer.is_spatial]
-    )
+    names = list(layers) if layers is not None else visualised_layers(model)
     for name in names:
         if not model.graph.layer(name).is_spatial:
             raise ValueError(f"layer {name!r} has no spatial output; class filters need a conv or pooling layer")
-    wanted = _targets(model, x, targets)
-    if (wanted < 0).any():
-        wanted = predict(model, x, chunk).argmax(axis=-1).astype(np.int32)
+    wanted = _resolved_targets(model, x, targets, chunk)
     engine = _engine(model)
 
     def build() -> Callable[..., Any]:
@@ -124,10 +118,9 @@ def class_filters(
 
     per_example = _cached(model, ("class_filters", tuple(names)), build)
     per_image = map_examples(per_example, (model.variables,), x, wanted, chunk=_passes(model, chunk).gradient)
-    k = model.graph.num_classes
     return {
-        name: {key: classfilters.per_class(per_image[name][key], wanted, k) for key in ("contribution", "weight")}
-        for name in names
+        layer.layer: {"contribution": layer.contribution, "weight": layer.weight}
+        for layer in classfilters.aggregate(per_image, names, wanted, model.graph.num_classes)
     }
 
 
@@ -176,6 +169,14 @@ def _targets(model: LoadedModel, images: np.ndarray, targets: Sequence[int] | np
     return array.astype(np.int32)
 
 
+def _resolved_targets(model: LoadedModel, x: np.ndarray, targets: Any, chunk: int | None) -> np.ndarray:
+    """`_targets`, with the predicted class where none was given."""
+    wanted = _targets(model, x, targets)
+    if (wanted < 0).any():
+        wanted = np.where(wanted < 0, predict(model, x, chunk).argmax(axis=-1), wanted).astype(np.int32)
+    return wanted
+
+
 def attribute(
     model: LoadedModel,
     images: np.ndarray,
@@ -218,7 +219,9 @@ def attribute(
     key = ("runner", config, layer, tuple(cam_layers), tuple(layer_cam_methods))
     black = np.zeros(model.input_shape, np.float32)
     runner = _cached(
-        model, key, lambda: MethodRunner(_engine(model), config, layer, cam_layers, black, None, layer_cam_methods)
+        model,
+        key,
+        lambda: MethodRunner(_engine(model), config, layer, cam_layers, black, layer_cam_methods=layer_cam_methods),
     )
     keys = example_keys(seed, np.arange(len(x)))
     passes = _passes(model, chunk)
@@ -271,9 +274,7 @@ def lrp(
     ε rule at dense layers (Montavon et al. 2019, "Layer-Wise Relevance Propagation: An Overview";
     Bach et al. 2015). With no biases the relevance sums to the logit."""
     x = _images(model, images)
-    wanted = _targets(model, x, targets)
-    if (wanted < 0).any():
-        wanted = np.where(wanted < 0, predict(model, x, chunk).argmax(axis=-1), wanted).astype(np.int32)
+    wanted = _resolved_targets(model, x, targets, chunk)
     engine = _engine(model)
     composite = Composite(gamma, epsilon)
 

@@ -298,8 +298,10 @@ class Plan:
 
 
 CLASS_STAGE = "visualise classes"
-EVIDENCE_STAGE = "class evidence"
 """The stage that synthesises an image per class."""
+
+EVIDENCE_STAGE = "class evidence"
+"""The stage that weighs every conv filter's evidence for each probe image's class."""
 
 ATTRIBUTION_PROGRAMS = 10
 """Compilation of the attribution stage's programs, in units of one gradient program's (measured

@@ -182,15 +182,7 @@ def _class_evidence(
     progress.start(plan.EVIDENCE_STAGE, len(images))
     per_image = map_examples(per_example, (model.variables,), images, targets, chunk=chunk, progress=progress.advance)
     progress.finish()
-    k = model.graph.num_classes
-    return [
-        classfilters.LayerEvidence(
-            name,
-            classfilters.per_class(per_image[name]["contribution"], targets, k),
-            classfilters.per_class(per_image[name]["weight"], targets, k),
-        )
-        for name in names
-    ]
+    return classfilters.aggregate(per_image, names, targets, model.graph.num_classes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -118,6 +118,16 @@ class FigureStore:
         return FigureView(src, alt, caption)
 
 
+def figure_prefix(index: int, name: str) -> str:
+    """The start of the file names of the figures about the layer at `index`."""
+    return f"{index + 1:02d}-{slug(name)}"
+
+
+def synthesised_figure(prefix: str, f: int) -> str:
+    """The file name of filter f's synthesised image, under its layer's `figure_prefix`."""
+    return f"{prefix}-vis-{f:03d}.png"
+
+
 def layer_view(
     index: int,
     layer: Layer,
@@ -136,7 +146,7 @@ def layer_view(
     """The section of one layer: facts, filters, activation maps, Grad-CAM, feature visualisation,
     and the findings about it."""
     section = recorded.section
-    prefix = f"{index + 1:02d}-{slug(layer.name)}"
+    prefix = figure_prefix(index, layer.name)
     channels = layer.output_shape[-1]
     unit = recorded.unit
     facts = [
@@ -236,7 +246,7 @@ def filter_cards(
     cards = []
     for k, f in enumerate(vis.filters.tolist()):
         image = store.add(
-            f"{prefix}-vis-{f:03d}.png",
+            synthesised_figure(prefix, f),
             figures.thumbnail(vis.images[k, 0], zoom=2),
             f"{layer.name} filter {f} synthesised",
         )
@@ -360,7 +370,7 @@ def evidence_section(
         name = layer_evidence.layer
         heatmaps.append(
             store.add(
-                f"evidence-{index[name] + 1:02d}-{slug(name)}.png",
+                f"evidence-{figure_prefix(index[name], name)}.png",
                 figures.evidence_heatmap(share[:, filters], [names[k] for k in order], filters, name),
                 f"Share of each class's evidence per filter of {name}",
                 f"{name}: rows are classes, ordered so that classes relying on the same filters sit together;"
@@ -373,7 +383,7 @@ def evidence_section(
     def synthesised(layer_name: str, f: int) -> FigureView | None:
         """The filter's synthesised image, kept by its layer section; None where it was not visualised."""
         if (layer_name, f) not in synthesised_views:
-            name = f"{index[layer_name] + 1:02d}-{slug(layer_name)}-vis-{f:03d}.png"
+            name = synthesised_figure(figure_prefix(index[layer_name], layer_name), f)
             found = store.view(name, f"{layer_name} filter {f} synthesised") if name in store.files else None
             synthesised_views[layer_name, f] = found
         return synthesised_views[layer_name, f]
@@ -388,7 +398,7 @@ def evidence_section(
         row, col = divmod(int(per_image[layer_name]["argmax"][best, f]), layer.output_shape[1])
         crop = patches.crop(probe.images[best], layer.receptive_field, row, col)
         return store.add(
-            f"evidence-{k:03d}-{index[layer_name] + 1:02d}-{slug(layer_name)}-{f:03d}.png",
+            f"evidence-{k:03d}-{figure_prefix(index[layer_name], layer_name)}-{f:03d}.png",
             figures.thumbnail(crop, zoom=figures.zoom_for(crop.shape[0], 44)),
             f"{layer_name} filter {f} on {probe.names[best]}",
         )

@@ -82,6 +82,21 @@ def filter_order(share: np.ndarray) -> np.ndarray:
     return np.lexsort((-np.where(serving, best, 0.0), keys))
 
 
+def aggregate(
+    per_image: dict[str, dict[str, np.ndarray]], layers: Sequence[str], targets: np.ndarray, num_classes: int
+) -> list[LayerEvidence]:
+    """The named layers' `channel_evidence` over N images (stacked on axis 0), averaged per class,
+    in the order of `layers`."""
+    return [
+        LayerEvidence(
+            name,
+            per_class(per_image[name]["contribution"], targets, num_classes),
+            per_class(per_image[name]["weight"], targets, num_classes),
+        )
+        for name in layers
+    ]
+
+
 def class_order(contribution: np.ndarray) -> np.ndarray:
     """Classes ordered so that classes relying on the same filters sit together: a greedy
     nearest-neighbour chain over the cosine similarity of their contribution rows, starting from

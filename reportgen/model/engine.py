@@ -183,12 +183,10 @@ def evaluate(
 
             bounds = lrp.bounds if rule == "bounded" else None
             outs = [relevance_layer(bind, args[position], args[1 - position], rule, lrp.composite, bounds)]
-        elif eqn.primitive.name == "conv_general_dilated" and spans_input(eqn.params, args[0].shape, args[1].shape):
-            outs = [conv_as_matmul(*args, **eqn.params)]
         elif eqn.primitive.name == "reduce_window_max" and tiles_input(eqn.params, args[0].shape):
             outs = [tiled_max(args[0], tuple(eqn.params["window_dimensions"]))]
         else:
-            result = _bind(eqn.primitive, eqn.params, args)
+            result = _apply(eqn.primitive, eqn.params, args)
             outs = list(result) if eqn.primitive.multiple_results else [result]
         for vid, value in zip(eqn.outputs, outs, strict=True):
             env[vid] = value + probes[vid] if vid in probes else value
