@@ -20,6 +20,7 @@ import numpy as np
 
 from reportgen import plan
 from reportgen.analyses import cam, catalogue, classfilters, featurevis
+from reportgen.analyses import concepts as concept_analysis
 from reportgen.analyses import methods as method_names
 from reportgen.attribution import MethodRunner, Passes
 from reportgen.compute import example_keys, map_examples, workers
@@ -37,6 +38,7 @@ __all__ = [
     "attribute",
     "class_filters",
     "class_visualization",
+    "concepts",
     "deconvnet",
     "eigen_cam",
     "grad_cam",
@@ -122,6 +124,55 @@ def class_filters(
         layer.layer: {"contribution": layer.contribution, "weight": layer.weight}
         for layer in classfilters.aggregate(per_image, names, wanted, model.graph.num_classes)
     }
+
+
+def concepts(
+    model: LoadedModel,
+    images: np.ndarray,
+    layer: str,
+    targets: Sequence[int] | np.ndarray | None = None,
+    max_concepts: int = 8,
+    seed: int = 0,
+    chunk: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Concepts of a layer (Deep Feature Factorization), fitted on activation vectors sampled
+    from the images' maps, k chosen by reconstruction error up to `max_concepts`:
+    "basis" (k, C) unit-length mixes of filters, the most present first; "errors" (max_concepts,)
+    the relative reconstruction error for 1 … max_concepts concepts; "maps" (N, h, w, k) each
+    concept's coefficient at every position; "contribution" (N, k) each concept's evidence
+    Σ coefficient × (concept · d logit / d activation) for the image's target class (default: the
+    predicted class). See `reportgen.analyses.concepts`."""
+    x = _images(model, images)
+    spec = model.graph.layer(layer)
+    if not spec.is_spatial:
+        raise ValueError(f"layer {layer!r} has no spatial output; concepts need a conv, norm or merge layer")
+    if max_concepts < 1:
+        raise ValueError(f"max_concepts must be at least 1, not {max_concepts}")
+    wanted = _resolved_targets(model, x, targets, chunk)
+    engine = _engine(model)
+    picks = np.random.default_rng(seed).random((len(x), concept_analysis.samples_per_image(len(x)))).astype(np.float32)
+
+    def sample(variables: Any, image: jax.Array, pick: jax.Array) -> jax.Array:
+        return concept_analysis.sample_rows(engine.layer_outputs(variables, image, [layer])[layer], pick)
+
+    sampler = _cached(model, ("concept_rows", layer), lambda: sample)
+    rows = map_examples(sampler, (model.variables,), x, picks, chunk=_passes(model, chunk).forward)
+    if (rows < 0).any():
+        raise ValueError(f"layer {layer!r} has negative outputs; concepts need non-negative activations (after a ReLU)")
+    found = concept_analysis.factorise(rows.reshape(-1, rows.shape[-1]), max_concepts, seed)
+    if not len(found.basis):
+        raise ValueError(f"layer {layer!r} is zero on every image; it has no concepts")
+
+    def evidence(variables: Any, basis: Any, inverse: Any, image: jax.Array, target: jax.Array) -> Any:
+        result = classfilters.class_gradients(engine, variables, image, target, [layer])
+        activation, gradient = result.outputs[layer], result.layer_grads[layer]
+        maps = concept_analysis.project(activation, basis, inverse)
+        return maps, concept_analysis.concept_evidence(activation, gradient, basis, inverse)["contribution"]
+
+    per_example = _cached(model, ("concepts", layer), lambda: evidence)
+    shared = (model.variables, found.basis, found.inverse)
+    maps, contribution = map_examples(per_example, shared, x, wanted, chunk=_passes(model, chunk).gradient)
+    return {"basis": found.basis, "errors": found.errors, "maps": maps, "contribution": contribution}
 
 
 # ---------------------------------------------------------------------------------------------

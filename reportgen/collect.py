@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from reportgen import attribution, plan, results, visualisation
-from reportgen.analyses import catalogue, classfilters, faithfulness, predictions, road, sanity
+from reportgen.analyses import catalogue, classfilters, concepts, faithfulness, patches, predictions, road, sanity
 from reportgen.analyses.activations import LayerStatistics
 from reportgen.config import Settings, as_dict
 from reportgen.data import ProbeSet
@@ -55,13 +55,50 @@ def feature_visualisation(vis: visualisation.FilterVisualisation) -> results.Fea
         beats_probes=tuple(bool(b) for b in vis.beats_probes),
         beat_fraction=_float(vis.beat_fraction),
         dead=tuple(bool(d) for d in vis.dead),
-        top_patches=results.TopPatches(
-            images=tuple(tuple(int(i) for i in row) for row in top.images),
-            rows=tuple(tuple(int(i) for i in row) for row in top.rows),
-            cols=tuple(tuple(int(i) for i in row) for row in top.cols),
-            values=tuple(_floats(row) for row in top.values),
-        ),
+        top_patches=_top_patches(top),
     )
+
+
+def _top_patches(top: patches.TopPatches) -> results.TopPatches:
+    return results.TopPatches(
+        images=tuple(tuple(int(i) for i in row) for row in top.images),
+        rows=tuple(tuple(int(i) for i in row) for row in top.rows),
+        cols=tuple(tuple(int(i) for i in row) for row in top.cols),
+        values=tuple(_floats(row) for row in top.values),
+    )
+
+
+CONCEPT_FILTERS = 5
+"""Filters recorded per concept, the largest weight first."""
+
+CONCEPT_CLASSES = 5
+"""Classes recorded per concept, the largest share of their evidence first."""
+
+
+def concepts_result(found: concepts.LayerConcepts, classes: list[str]) -> results.Concepts:
+    """A layer's concepts: what they mix, where they are strongest and which classes they serve."""
+    basis = found.factorisation.basis
+    shares = np.nan_to_num(found.share(), nan=-np.inf)
+    out = []
+    for c in range(len(basis)):
+        filters = np.argsort(-basis[c], kind="stable")[:CONCEPT_FILTERS]
+        served = [int(k) for k in np.argsort(-shares[:, c], kind="stable")[:CONCEPT_CLASSES] if shares[k, c] > 0]
+        one = patches.TopPatches(
+            *(a[c : c + 1] for a in (found.top.images, found.top.rows, found.top.cols, found.top.values))
+        )
+        out.append(
+            results.Concept(
+                presence=float(found.factorisation.presence[c]),
+                filters=tuple(int(f) for f in filters),
+                weights=_floats(basis[c, filters]),  # type: ignore[arg-type]
+                top_patches=_top_patches(one),
+                classes=tuple(
+                    results.ConceptClass(classes[k], k, float(shares[k, c]), float(found.contribution[k, c]))
+                    for k in served
+                ),
+            )
+        )
+    return results.Concepts(found.factorisation.rows, _floats(found.factorisation.errors), concepts.GAIN, tuple(out))
 
 
 def layer_result(
@@ -70,6 +107,8 @@ def layer_result(
     stats: LayerStatistics,
     vis: visualisation.FilterVisualisation | None,
     nonfinite_weights: tuple[int, ...] = (),
+    found: concepts.LayerConcepts | None = None,
+    classes: list[str] | None = None,
 ) -> results.LayerResult:
     """One layer's facts, statistics, dead and rare filters and feature visualisation."""
     rf = layer.receptive_field
@@ -94,6 +133,7 @@ def layer_result(
         rare_filters=tuple(int(c) for c in stats.rare),
         nonfinite_weights=nonfinite_weights,
         feature_visualisation=None if vis is None else feature_visualisation(vis),
+        concepts=None if found is None or classes is None else concepts_result(found, classes),
     )
 
 

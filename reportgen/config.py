@@ -78,7 +78,8 @@ class LayerSettings:
     channel_images: int = 10  # probe images shown for each channel across images (0: all)
     channels_across: int = 16  # channels shown across images per layer (0: all)
     rare_fraction: float = 0.05  # a filter firing on fewer probe images than this is "rare"
-    top_patches: int = 4  # strongest probe patches shown per filter
+    top_patches: int = 4  # strongest probe patches shown per filter and concept
+    concepts: int = 8  # most concepts per layer, k chosen by reconstruction error (0: none)
 
 
 @dataclass(frozen=True)

@@ -239,6 +239,21 @@ def cam_rows(images: np.ndarray, rows: Sequence[np.ndarray]) -> bytes:
     return png(grid(tiles, len(images), zoom_for(images.shape[1], 64), gap=2))
 
 
+def concept_strip(images: np.ndarray, heats: np.ndarray, crops: Sequence[np.ndarray]) -> bytes:
+    """A concept on its strongest probe images: first row, its map over each (N, H, W, C) image in
+    grey on one inferno scale (yellow is its strongest coefficient in these images, so weaker images
+    look weaker); second row, the receptive field around each map's maximum, enlarged to the image size."""
+    height, width = images.shape[1:3]
+    heats = np.stack([_resize_bilinear(finite(h), (height, width)) for h in heats])
+    top = heats.max()
+    scaled = np.clip(heats / top, 0, 1) if top > 0 else np.zeros_like(heats)
+    gray = to_rgb(images).mean(axis=-1, keepdims=True)
+    weight = (0.3 + 0.6 * scaled)[..., None]  # where the concept is absent the image shows through
+    maps = (1 - weight) * gray + weight * colormaps["inferno"](scaled)[..., :3]
+    patches = np.concatenate([_resize_nearest(to_rgb(c[None]), height, width) for c in crops])
+    return png(grid(np.concatenate([maps, patches]).astype(np.float32), len(images), zoom_for(height, 96), gap=2))
+
+
 @dataclass(frozen=True)
 class CurvePanel:
     """One plot of the faithfulness chart: every map's mean curve (maps × points) over `x`."""

@@ -303,6 +303,12 @@ CLASS_STAGE = "visualise classes"
 EVIDENCE_STAGE = "class evidence"
 """The stage that weighs every conv filter's evidence for each probe image's class."""
 
+CONCEPT_STAGE = "concepts"
+"""The stage that factorises the activations of the concept layers."""
+
+CONCEPT_MAPS_STAGE = "concept maps"
+"""The stage that computes the concept maps of each concept's strongest probe images."""
+
 ATTRIBUTION_PROGRAMS = 10
 """Compilation of the attribution stage's programs, in units of one gradient program's (measured
 on a ResNet-18 at 64x64: 27 s against 3 s)."""
@@ -351,6 +357,23 @@ def attribution_passes(settings: Any, cam_channels: int, windows: int) -> tuple[
     gradient = 4 + a.smoothgrad_samples + a.ig_steps  # shared, guided, deconvnet, LRP, samples, path points
     forward = cam_channels + windows
     return gradient, forward
+
+
+def concept_flops(graph: Graph, max_concepts: int, probe_images: int) -> tuple[float, float, int]:
+    """(FLOPs of fitting every concept layer's factorisations, FLOPs per probe image of
+    projecting its activations on the concepts and weighing their evidence, concept layers)."""
+    from reportgen.analyses import concepts
+
+    names = concepts.concept_layers(graph.layers) if max_concepts else []
+    rows = probe_images * concepts.samples_per_image(probe_images)
+    fit = project = 0.0
+    for name in names:
+        h, w, channels = graph.layer(name).output_shape
+        k = min(max_concepts, channels)
+        # every k up to the cap; both updates multiply the rows by a factor twice
+        fit += k * concepts.FIT_ITERATIONS * 8 * rows * channels * k
+        project += h * w * (6 * channels * k + 2 * concepts.PROJECT_ITERATIONS * k * k)
+    return fit, project, len(names)
 
 
 def stage_plans(
@@ -410,18 +433,22 @@ def stage_plans(
             return throughput.gradient
         return min(throughput.gradient, throughput.visualisation)
 
+    fit_flops, project_flops, concept_layers = concept_flops(graph, settings.layers.concepts, work.probe_images)
+    concept_images = min(work.probe_images, concept_layers * settings.layers.concepts * settings.layers.top_patches)
     stages = [
         stage("forward pass", forward_chunk, 0, work.probe_images * f, 0, forward_chunk * fwd_bytes),
         stage("activation maps", forward_chunk, 0, work.shown_images * f, 0, forward_chunk * fwd_bytes),
+        stage(CONCEPT_STAGE, 0, 0, fit_flops, 0, 0, programs=1 if fit_flops else 0),
         stage(
             EVIDENCE_STAGE,
             evidence_chunk,
             0,
             0,
-            work.probe_images * 2 * f,
+            work.probe_images * (2 * f + project_flops),
             evidence_chunk * grad_bytes,
             gradient_rate=gradient_rate(work.probe_images),
         ),
+        stage(CONCEPT_MAPS_STAGE, forward_chunk, 0, concept_images * f, 0, forward_chunk * fwd_bytes),
         stage(
             "attribution maps",
             a_chunk,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reportgen import attribution, collect, findings, output, plan, results, sections, summary, visualisation
-from reportgen.analyses import activations, classfilters, predictions
+from reportgen.analyses import activations, classfilters, concepts, patches, predictions
 from reportgen.compute import enable_compilation_cache, map_examples, workers
 from reportgen.config import Settings
 from reportgen.data import ProbeSet, check_preprocess, read_classes, read_probe, to_model
@@ -135,19 +135,46 @@ def nonfinite_weights(leaves: Mapping[str, Any], layer: Layer) -> tuple[int, ...
     return tuple(int(c) for c in np.flatnonzero(broken))
 
 
-def _summaries(engine: Engine, model: LoadedModel, images: np.ndarray, chunk: int, progress: Progress) -> Any:
-    """Model outputs, finiteness and per-channel statistics of every layer, for every image."""
+def _summaries(
+    engine: Engine,
+    model: LoadedModel,
+    images: np.ndarray,
+    picks: np.ndarray,
+    concept_names: list[str],
+    chunk: int,
+    progress: Progress,
+) -> Any:
+    """Model outputs, finiteness and per-channel statistics of every layer, for every image, and
+    the activation vectors at the positions `picks` (N, S) (uniform in [0, 1)) choose from each
+    image for the concepts of `concept_names`."""
     names = [layer.name for layer in model.graph.layers]
 
-    def per_example(variables: Any, image: jax.Array) -> Any:
+    def per_example(variables: Any, image: jax.Array, pick: jax.Array) -> Any:
         logits, outs = engine.forward(variables, image, names)
         stats = {n: activations.channel_statistics(outs[n]) for n in names}
-        return logits, jnp.isfinite(logits).all(), stats
+        samples = {n: concepts.sample_rows(outs[n], pick) for n in concept_names}
+        return logits, jnp.isfinite(logits).all(), stats, samples
 
     progress.start("forward pass", len(images))
-    result = map_examples(per_example, (model.variables,), images, chunk=chunk, progress=progress.advance)
+    result = map_examples(per_example, (model.variables,), images, picks, chunk=chunk, progress=progress.advance)
     progress.finish()
     return result
+
+
+def _factorise(
+    samples: dict[str, np.ndarray], max_concepts: int, seed: int, progress: Progress
+) -> dict[str, concepts.Factorisation]:
+    """Each layer's concepts from its sampled activation vectors (N, S, C); layers whose
+    activations are all zero have none."""
+    progress.start(plan.CONCEPT_STAGE, len(samples))
+    found = {}
+    for name, rows in samples.items():
+        factorisation = concepts.factorise(rows.reshape(-1, rows.shape[-1]), max_concepts, seed)
+        if len(factorisation.basis):
+            found[name] = factorisation
+        progress.advance()
+    progress.finish()
+    return found
 
 
 def _maps(
@@ -170,19 +197,76 @@ def _class_evidence(
     images: np.ndarray,
     targets: np.ndarray,
     names: list[str],
+    found: dict[str, concepts.Factorisation],
     chunk: int,
     progress: Progress,
-) -> list[classfilters.LayerEvidence]:
-    """Every visualised layer's filters against every class, from one gradient pass of each probe
-    image's class logit (its label; the predicted class where it has none)."""
+) -> tuple[list[classfilters.LayerEvidence], dict[str, dict[str, np.ndarray]]]:
+    """Every visualised layer's filters against every class, and every concept's evidence and
+    strongest position per image, from one gradient pass of each probe image's class logit (its
+    label; the predicted class where it has none)."""
+    layers = list(dict.fromkeys([*names, *found]))
+    bases = {name: (f.basis, f.inverse) for name, f in found.items()}
 
-    def per_example(variables: Any, image: jax.Array, target: jax.Array) -> Any:
-        return classfilters.channel_evidence(engine, variables, image, target, names)
+    def per_example(variables: Any, bases: Any, image: jax.Array, target: jax.Array) -> Any:
+        result = classfilters.class_gradients(engine, variables, image, target, layers)
+        outs, grads = result.outputs, result.layer_grads
+        filters = {n: classfilters.filter_evidence(outs[n], grads[n]) for n in names}
+        return filters, {n: concepts.concept_evidence(outs[n], grads[n], *bases[n]) for n in bases}
 
     progress.start(plan.EVIDENCE_STAGE, len(images))
-    per_image = map_examples(per_example, (model.variables,), images, targets, chunk=chunk, progress=progress.advance)
+    filters, per_concept = map_examples(
+        per_example, (model.variables, bases), images, targets, chunk=chunk, progress=progress.advance
+    )
     progress.finish()
-    return classfilters.aggregate(per_image, names, targets, model.graph.num_classes)
+    return classfilters.aggregate(filters, names, targets, model.graph.num_classes), per_concept
+
+
+def _concepts(
+    engine: Engine,
+    model: LoadedModel,
+    images: np.ndarray,
+    targets: np.ndarray,
+    found: dict[str, concepts.Factorisation],
+    per_image: dict[str, dict[str, np.ndarray]],
+    settings: Settings,
+    chunk: int,
+    progress: Progress,
+) -> dict[str, concepts.LayerConcepts]:
+    """Each layer's concepts with their evidence per class, their strongest probe images and
+    the concept maps of those images."""
+    tops = {
+        name: patches.top_patches(
+            per_image[name]["max"],
+            per_image[name]["argmax"],
+            model.graph.layer(name).output_shape[1],
+            settings.layers.top_patches,
+        )
+        for name in found
+    }
+    needed = np.unique(np.concatenate([top.images.ravel() for top in tops.values()] or [np.zeros(0, np.int64)]))
+    bases = {name: (f.basis, f.inverse) for name, f in found.items()}
+
+    def per_example(variables: Any, bases: Any, image: jax.Array) -> Any:
+        outs = engine.layer_outputs(variables, image, list(bases))
+        return {n: concepts.project(outs[n], *bases[n]) for n in bases}
+
+    progress.start(plan.CONCEPT_MAPS_STAGE, len(needed))
+    maps = (
+        map_examples(per_example, (model.variables, bases), images[needed], chunk=chunk, progress=progress.advance)
+        if len(needed)
+        else {}
+    )
+    progress.finish()
+    return {
+        name: concepts.LayerConcepts(
+            name,
+            f,
+            classfilters.per_class(per_image[name]["contribution"], targets, model.graph.num_classes),
+            tops[name],
+            {int(i): maps[name][j] for j, i in enumerate(needed) if i in tops[name].images},
+        )
+        for name, f in found.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +305,11 @@ def build(
     progress.expect({stage.name: stage.estimated_seconds for stage in build_plan.stages})
     inputs = to_model(probe.images, settings.preprocess)
     layers = model.graph.layers
-    outputs, finite, stats = _summaries(engine, model, inputs, build_plan.stage("forward pass").chunk, progress)
+    concept_names = concepts.concept_layers(layers) if settings.layers.concepts else []
+    picks = np.random.default_rng(settings.seed).random((len(inputs), concepts.samples_per_image(len(inputs))))
+    outputs, finite, stats, samples = _summaries(
+        engine, model, inputs, picks.astype(np.float32), concept_names, build_plan.stage("forward pass").chunk, progress
+    )
     given_probabilities = settings.outputs == "probabilities" or (
         settings.outputs == "auto" and predictions.looks_like_probabilities(outputs)
     )
@@ -233,14 +321,27 @@ def build(
     shown = display_indices(probe.labels, max(settings.layers.activation_images, settings.layers.channel_images))
     spatial = [layer.name for layer in layers if layer.is_spatial]
     maps = _maps(engine, model, inputs[shown], spatial, build_plan.stage("activation maps").chunk, progress)
+    found = _factorise(samples, settings.layers.concepts, settings.seed, progress)
     evidence_targets = np.where(probe.labels >= 0, probe.labels, pred.predicted).astype(np.int32)
-    evidence = _class_evidence(
+    evidence, per_concept = _class_evidence(
         engine,
         model,
         inputs,
         evidence_targets,
         visualisation.visualised_layers(model),
+        found,
         build_plan.stage(plan.EVIDENCE_STAGE).chunk,
+        progress,
+    )
+    layer_concepts = _concepts(
+        engine,
+        model,
+        inputs,
+        evidence_targets,
+        found,
+        per_concept,
+        settings,
+        build_plan.stage(plan.CONCEPT_MAPS_STAGE).chunk,
         progress,
     )
     black = to_model(np.zeros((1, *model.input_shape), np.float32), settings.preprocess)[0]
@@ -259,7 +360,13 @@ def build(
         model=collect.model_result(settings, model, classes),
         layers=tuple(
             collect.layer_result(
-                i, layer, layer_stats[layer.name], vis_by_layer.get(layer.name), nonfinite_weights(parameters, layer)
+                i,
+                layer,
+                layer_stats[layer.name],
+                vis_by_layer.get(layer.name),
+                nonfinite_weights(parameters, layer),
+                layer_concepts.get(layer.name),
+                classes,
             )
             for i, layer in enumerate(layers)
         ),
@@ -296,6 +403,7 @@ def build(
                 vis_by_layer.get(layer.name),
                 probe,
                 result.findings,
+                layer_concepts.get(layer.name),
             )
         )
         progress.advance()

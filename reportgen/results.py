@@ -72,6 +72,38 @@ class FeatureVisualisation:
 
 
 @dataclass(frozen=True)
+class ConceptClass:
+    """A class a concept gives evidence for."""
+
+    name: str
+    index: int
+    share: float  # of the class's positive concept evidence at the layer
+    contribution: float  # mean Σ coefficient × (concept · d logit / d activation) over the class's images
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One non-negative factor of a layer's activations: a mix of filters, where it is strongest
+    and which classes it serves."""
+
+    presence: float  # share of the layer's reconstructed activation it carries
+    filters: tuple[int, ...]  # its strongest filters, largest weight first
+    weights: tuple[float, ...]  # their weights in the concept's unit-length direction
+    top_patches: TopPatches  # one row: the probe images where its coefficient peaks, and where
+    classes: tuple[ConceptClass, ...]  # the classes it gives the largest share of their evidence
+
+
+@dataclass(frozen=True)
+class Concepts:
+    """A layer's concepts (Deep Feature Factorization), k chosen by reconstruction error."""
+
+    fitted_rows: int  # activation vectors of probe images the factorisation was fitted on
+    errors: tuple[float | None, ...]  # relative reconstruction error with 1, 2, … concepts
+    gain: float  # k is the smallest count that one more concept would improve by less than this error
+    concepts: tuple[Concept, ...]
+
+
+@dataclass(frozen=True)
 class LayerResult:
     """One layer: facts, activation statistics, dead and rare filters, feature visualisation."""
 
@@ -89,6 +121,7 @@ class LayerResult:
     rare_filters: tuple[int, ...]
     nonfinite_weights: tuple[int, ...]  # channels whose weights hold NaN or infinity
     feature_visualisation: FeatureVisualisation | None
+    concepts: Concepts | None = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from reportgen.views import (
     AttributionView,
     ClassCard,
     ClassEvidenceRow,
+    ConceptCard,
     EvidenceSection,
     EvidenceTile,
     Fact,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # types only: view-building imports no jax
     from reportgen.analyses import predictions
     from reportgen.analyses.activations import LayerStatistics
     from reportgen.analyses.classfilters import LayerEvidence
+    from reportgen.analyses.concepts import LayerConcepts
     from reportgen.config import Settings
     from reportgen.data import ProbeSet
     from reportgen.model.graph import Layer, ReceptiveField
@@ -142,9 +144,10 @@ def layer_view(
     vis: visualisation.FilterVisualisation | None,
     probe: ProbeSet,
     found: tuple[results.Finding, ...],
+    concepts: LayerConcepts | None = None,
 ) -> LayerView:
     """The section of one layer: facts, filters, activation maps, Grad-CAM, feature visualisation,
-    and the findings about it."""
+    concepts, and the findings about it."""
     section = recorded.section
     prefix = figure_prefix(index, layer.name)
     channels = layer.output_shape[-1]
@@ -234,7 +237,63 @@ def layer_view(
     )
     title = f"{index + 1}. {layer.name}"
     summary, cards = filter_cards(vis, layer, probe, store, prefix) if vis is not None else ("", ())
-    return LayerView(section, title, layer.kind, tuple(facts), tuple(figs), tuple(alerts), rows, summary, cards)
+    concept_text, concept_views = (
+        concept_cards(concepts, recorded.concepts, layer, probe, store, prefix)
+        if concepts is not None and recorded.concepts is not None
+        else ("", ())
+    )
+    return LayerView(
+        section,
+        title,
+        layer.kind,
+        tuple(facts),
+        tuple(figs),
+        tuple(alerts),
+        rows,
+        summary,
+        cards,
+        concept_text,
+        concept_views,
+    )
+
+
+def concept_cards(
+    found: LayerConcepts, recorded: results.Concepts, layer: Layer, probe: ProbeSet, store: FigureStore, prefix: str
+) -> tuple[str, tuple[ConceptCard, ...]]:
+    """One card per concept of the layer: its maps and patches on its strongest probe images, the
+    filters it mixes and the classes it serves."""
+    rf = layer.receptive_field
+    assert rf is not None
+    cards = []
+    for c, concept in enumerate(recorded.concepts):
+        top = concept.top_patches
+        images = [int(i) for i in top.images[0]]
+        crops = [
+            patches.crop(probe.images[i], rf, r, col)
+            for i, r, col in zip(images, top.rows[0], top.cols[0], strict=True)
+        ]
+        strip = store.add(
+            f"{prefix}-concept-{c + 1}.png",
+            figures.concept_strip(probe.images[images], np.stack([found.maps[i][..., c] for i in images]), crops),
+            f"{layer.name} concept {c + 1} on " + ", ".join(probe.names[i] for i in images),
+        )
+        mix = ", ".join(f"#{f} ({w:.2f})" for f, w in zip(concept.filters, concept.weights, strict=True) if w >= 0.05)
+        served = ", ".join(f"{k.name} {k.share:.0%}" for k in concept.classes[:3]) or "no class"
+        cards.append(ConceptCard(f"Concept {c + 1} · {concept.presence:.0%} of the activation", strip, mix, served))
+    errors = [e for e in recorded.errors if e is not None]
+    k = len(recorded.concepts)
+    summary = (
+        f"A non-negative factorisation of this layer's activations at {recorded.fitted_rows:,} positions of the"
+        f" probe images (Deep Feature Factorization): {k} concept{'s' if k != 1 else ''} reconstruct it with"
+        f" a relative error of {errors[k - 1]:.0%} (1 concept: {errors[0]:.0%}, {len(errors)}: {errors[-1]:.0%};"
+        f" k is the smallest count that one more concept would improve by less than {recorded.gain:.0%})."
+        " Each concept is a mix of filters."
+        " Its maps show where it is present on the probe images where it is strongest (one scale per concept,"
+        ' so weaker images look weaker), with the receptive field at each peak below. "Serves" names the'
+        " classes for which it carries the largest share of the concept evidence here (coefficient × gradient"
+        " of the class logit)."
+    )
+    return summary, tuple(cards)
 
 
 def filter_cards(

@@ -139,6 +139,16 @@ class EvidenceSection:
 
 
 @dataclass(frozen=True)
+class ConceptCard:
+    """One concept of a layer: where it is strongest, what it mixes and which classes it serves."""
+
+    title: str  # "Concept 2 · 18 % of the activation"
+    strip: FigureView  # its maps on its strongest probe images, and their patches
+    filters: str  # "#12 (0.61), #7 (0.44)"
+    classes: str  # "Stop 31 %, No entry 12 %"
+
+
+@dataclass(frozen=True)
 class LayerView:
     """One layer section."""
 
@@ -151,6 +161,8 @@ class LayerView:
     filters: tuple[FilterRow, ...]
     vis_summary: str
     vis_cards: tuple[FilterCard, ...]
+    concept_summary: str = ""
+    concept_cards: tuple[ConceptCard, ...] = ()
 
 
 @dataclass(frozen=True)

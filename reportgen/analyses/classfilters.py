@@ -20,26 +20,40 @@ import numpy as np
 if TYPE_CHECKING:  # the report's views read LayerEvidence and class_order, and import no jax
     import jax
 
-    from reportgen.model.engine import Engine
+    from reportgen.model.engine import Engine, Gradients
+
+
+def class_gradients(
+    engine: Engine, variables: Any, image: jax.Array, target: jax.Array, layers: Sequence[str]
+) -> Gradients:
+    """One image's named layer outputs and the gradients of the target's logit there."""
+
+    def objective(logits: jax.Array | None, _: dict) -> jax.Array:
+        assert logits is not None
+        return logits[target]
+
+    return engine.gradients(variables, image, layers, objective)
+
+
+def filter_evidence(activation: jax.Array, gradient: jax.Array) -> dict[str, jax.Array]:
+    """Each filter's Σ_ij A·∂logit/∂A ("contribution") and mean_ij ∂logit/∂A ("weight"), (C,)."""
+    return {"contribution": (activation * gradient).sum(axis=(0, 1)), "weight": gradient.mean(axis=(0, 1))}
 
 
 def channel_evidence(
     engine: Engine, variables: Any, image: jax.Array, target: jax.Array, layers: Sequence[str]
 ) -> dict[str, dict[str, jax.Array]]:
     """For one image: {layer: {"contribution": (C,), "weight": (C,)}} for the target's logit."""
+    result = class_gradients(engine, variables, image, target, layers)
+    return {name: filter_evidence(result.outputs[name], result.layer_grads[name]) for name in layers}
 
-    def objective(logits: jax.Array | None, _: dict) -> jax.Array:
-        assert logits is not None
-        return logits[target]
 
-    result = engine.gradients(variables, image, layers, objective)
-    return {
-        name: {
-            "contribution": (result.outputs[name] * result.layer_grads[name]).sum(axis=(0, 1)),
-            "weight": result.layer_grads[name].mean(axis=(0, 1)),
-        }
-        for name in layers
-    }
+def share(contribution: np.ndarray) -> np.ndarray:
+    """(K, C) each column's contribution over the row's total positive contribution (NaN where
+    a row has none)."""
+    positive = np.nansum(np.maximum(contribution, 0), axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(positive > 0, contribution / positive, np.nan)
 
 
 @dataclass(frozen=True)
@@ -52,9 +66,7 @@ class LayerEvidence:
 
     def share(self) -> np.ndarray:
         """(K, C) each filter's contribution over the class's total positive contribution."""
-        positive = np.nansum(np.maximum(self.contribution, 0), axis=1, keepdims=True)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(positive > 0, self.contribution / positive, np.nan)
+        return share(self.contribution)
 
     def top(self, k: int, count: int) -> np.ndarray:
         """The `count` filters contributing most to class k, largest first."""
