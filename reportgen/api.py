@@ -100,29 +100,53 @@ def class_filters(
     images: np.ndarray,
     targets: Sequence[int] | np.ndarray | None = None,
     layers: Sequence[str] | None = None,
+    conductance_steps: int = 0,
+    baseline: np.ndarray | None = None,
     chunk: int | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Which filters decide each class: {layer: {"contribution": (K, C), "weight": (K, C)}} for
     the named layers (default: every spatial conv layer). Row k averages, over the images whose
     target is k (default: the predicted class), each filter's Σ activation × d logit_k /
     d activation ("contribution") and its Grad-CAM channel weight mean d logit_k / d activation
-    ("weight"); rows of classes without images are NaN. See `reportgen.analyses.classfilters`."""
+    ("weight"); rows of classes without images are NaN. With `conductance_steps`, also each
+    filter's conductance ("conductance") along the straight path from `baseline` (default: zeros)
+    to the image, by the trapezoid rule. See `reportgen.analyses.classfilters`."""
     x = _images(model, images)
     names = list(layers) if layers is not None else visualised_layers(model)
     for name in names:
         if not model.graph.layer(name).is_spatial:
             raise ValueError(f"layer {name!r} has no spatial output; class filters need a conv or pooling layer")
+    if conductance_steps < 0:
+        raise ValueError(f"conductance_steps must not be negative, not {conductance_steps}")
     wanted = _resolved_targets(model, x, targets, chunk)
     engine = _engine(model)
+    start = np.zeros(model.input_shape, np.float32) if baseline is None else np.asarray(baseline, np.float32)
+    if start.shape != model.input_shape:
+        raise ValueError(f"baseline must have shape {model.input_shape}; got {start.shape}")
 
     def build() -> Callable[..., Any]:
-        return lambda variables, image, target: classfilters.channel_evidence(engine, variables, image, target, names)
+        def per_example(variables: Any, start: jax.Array, image: jax.Array, target: jax.Array) -> Any:
+            if not conductance_steps:
+                return classfilters.channel_evidence(engine, variables, image, target, names)
+            path = classfilters.path_gradients(engine, variables, image, start, target, names, conductance_steps)
+            return {
+                n: {
+                    **classfilters.filter_evidence(path.outputs[n][-1], path.layer_grads[n][-1]),
+                    "conductance": classfilters.conductance(path.outputs[n], path.layer_grads[n]),
+                }
+                for n in names
+            }
 
-    per_example = _cached(model, ("class_filters", tuple(names)), build)
-    per_image = map_examples(per_example, (model.variables,), x, wanted, chunk=_passes(model, chunk).gradient)
+        return per_example
+
+    per_example = _cached(model, ("class_filters", tuple(names), conductance_steps), build)
+    passes = _passes(model, chunk).gradient // (conductance_steps + 1 if conductance_steps else 1)
+    per_image = map_examples(per_example, (model.variables, start), x, wanted, chunk=max(1, passes))
+    found = classfilters.aggregate(per_image, names, wanted, model.graph.num_classes)
     return {
         layer.layer: {"contribution": layer.contribution, "weight": layer.weight}
-        for layer in classfilters.aggregate(per_image, names, wanted, model.graph.num_classes)
+        | ({} if layer.conductance is None else {"conductance": layer.conductance})
+        for layer in found
     }
 
 

@@ -280,6 +280,15 @@ def class_evidence(
     """For every class with probe images, the filters of each layer giving its logit the most evidence."""
     counts = np.bincount(targets, minlength=len(classes))
     shares = {layer.layer: layer.share() for layer in evidence}
+    conducted = {
+        layer.layer: classfilters.share(layer.conductance) for layer in evidence if layer.conductance is not None
+    }
+
+    def conductance(layer: classfilters.LayerEvidence, k: int, f: int) -> tuple[float | None, float | None]:
+        if layer.conductance is None:
+            return None, None
+        return float(layer.conductance[k, f]), float(np.nan_to_num(conducted[layer.layer][k, f]))
+
     out = []
     for k in np.flatnonzero(counts):
         filters = tuple(
@@ -289,6 +298,7 @@ def class_evidence(
                 float(layer.contribution[k, f]),
                 float(np.nan_to_num(shares[layer.layer][k, f])),
                 float(layer.weight[k, f]),
+                *conductance(layer, int(k), int(f)),
             )
             for layer in evidence
             for f in layer.top(int(k), DECIDING_FILTERS)

@@ -22,7 +22,7 @@ from reportgen.errors import UserError
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
-        "layers": {"activation_images": 2, "channel_images": 6, "channels_across": 8},
+        "layers": {"activation_images": 2, "channel_images": 6, "channels_across": 8, "conductance_steps": 0},
         "attribution": {
             "images": 8,
             "sanity_images": 2,
@@ -34,7 +34,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "visualisation": {"filters": 8, "steps": 32, "class_steps": 48},
     },
     "standard": {
-        "layers": {"activation_images": 4, "channel_images": 10, "channels_across": 16},
+        "layers": {"activation_images": 4, "channel_images": 10, "channels_across": 16, "conductance_steps": 16},
         "attribution": {
             "images": 43,
             "sanity_images": 4,
@@ -46,7 +46,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "visualisation": {"filters": 0, "steps": 64, "class_steps": 128},
     },
     "full": {
-        "layers": {"activation_images": 0, "channel_images": 0, "channels_across": 0},
+        "layers": {"activation_images": 0, "channel_images": 0, "channels_across": 0, "conductance_steps": 32},
         "attribution": {
             "images": 0,
             "sanity_images": 8,
@@ -80,6 +80,7 @@ class LayerSettings:
     rare_fraction: float = 0.05  # a filter firing on fewer probe images than this is "rare"
     top_patches: int = 4  # strongest probe patches shown per filter and concept
     concepts: int = 8  # most concepts per layer, k chosen by reconstruction error (0: none)
+    conductance_steps: int = 16  # path steps of each filter's conductance for its class (0: none)
 
 
 @dataclass(frozen=True)

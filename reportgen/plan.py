@@ -415,7 +415,8 @@ def stage_plans(
         return StagePlan(name, chunk, inner, forward + gradient, seconds, nbytes)
 
     forward_chunk = spread(passes.forward, work.probe_images, passes.workers, devices)
-    evidence_chunk = spread(passes.gradient, work.probe_images, passes.workers, devices)
+    path_points = settings.layers.conductance_steps + 1 if settings.layers.conductance_steps else 1
+    evidence_chunk = spread(max(1, passes.gradient // path_points), work.probe_images, passes.workers, devices)
     inner = max(settings.attribution.smoothgrad_samples, 2)
     a_chunk, a_inner = split(passes.gradient, work.attribution_images, inner)
     f_chunk, f_inner = split(passes.forward, work.attribution_images, curve_points)
@@ -444,8 +445,8 @@ def stage_plans(
             evidence_chunk,
             0,
             0,
-            work.probe_images * (2 * f + project_flops),
-            evidence_chunk * grad_bytes,
+            work.probe_images * (2 * f * path_points + project_flops),
+            evidence_chunk * path_points * grad_bytes,
             gradient_rate=gradient_rate(work.probe_images),
         ),
         stage(CONCEPT_MAPS_STAGE, forward_chunk, 0, concept_images * f, 0, forward_chunk * fwd_bytes),

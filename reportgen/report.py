@@ -169,9 +169,7 @@ def _factorise(
     progress.start(plan.CONCEPT_STAGE, len(samples))
     found = {}
     for name, rows in samples.items():
-        factorisation = concepts.factorise(rows.reshape(-1, rows.shape[-1]), max_concepts, seed)
-        if len(factorisation.basis):
-            found[name] = factorisation
+        found[name] = concepts.factorise(rows.reshape(-1, rows.shape[-1]), max_concepts, seed)
         progress.advance()
     progress.finish()
     return found
@@ -198,19 +196,30 @@ def _class_evidence(
     targets: np.ndarray,
     names: list[str],
     found: dict[str, concepts.Factorisation],
+    baseline: np.ndarray,
+    steps: int,
     chunk: int,
     progress: Progress,
 ) -> tuple[list[classfilters.LayerEvidence], dict[str, dict[str, np.ndarray]]]:
     """Every visualised layer's filters against every class, and every concept's evidence and
-    strongest position per image, from one gradient pass of each probe image's class logit (its
-    label; the predicted class where it has none)."""
-    layers = list(dict.fromkeys([*names, *found]))
-    bases = {name: (f.basis, f.inverse) for name, f in found.items()}
+    strongest position per image, from the gradient of each probe image's class logit (its label;
+    the predicted class where it has none); with `steps`, also each filter's conductance along
+    the path from `baseline`, whose last point gives the rest."""
+    bases = {name: (f.basis, f.inverse) for name, f in found.items() if len(f.basis)}
+    layers = list(dict.fromkeys([*names, *bases]))
 
     def per_example(variables: Any, bases: Any, image: jax.Array, target: jax.Array) -> Any:
-        result = classfilters.class_gradients(engine, variables, image, target, layers)
-        outs, grads = result.outputs, result.layer_grads
+        if steps:
+            path = classfilters.path_gradients(engine, variables, image, baseline, target, layers, steps)
+            outs = {n: path.outputs[n][-1] for n in layers}
+            grads = {n: path.layer_grads[n][-1] for n in layers}
+        else:
+            result = classfilters.class_gradients(engine, variables, image, target, layers)
+            outs, grads = result.outputs, result.layer_grads
         filters = {n: classfilters.filter_evidence(outs[n], grads[n]) for n in names}
+        if steps:
+            for n in names:
+                filters[n]["conductance"] = classfilters.conductance(path.outputs[n], path.layer_grads[n])
         return filters, {n: concepts.concept_evidence(outs[n], grads[n], *bases[n]) for n in bases}
 
     progress.start(plan.EVIDENCE_STAGE, len(images))
@@ -233,18 +242,19 @@ def _concepts(
     progress: Progress,
 ) -> dict[str, concepts.LayerConcepts]:
     """Each layer's concepts with their evidence per class, their strongest probe images and
-    the concept maps of those images."""
+    the concept maps of those images (none for a layer that is zero everywhere)."""
+    bases = {name: (f.basis, f.inverse) for name, f in found.items() if len(f.basis)}
+    none = np.zeros((len(images), 0))
     tops = {
         name: patches.top_patches(
-            per_image[name]["max"],
-            per_image[name]["argmax"],
+            per_image[name]["max"] if name in bases else none,
+            per_image[name]["argmax"] if name in bases else none.astype(np.int32),
             model.graph.layer(name).output_shape[1],
             settings.layers.top_patches,
         )
         for name in found
     }
     needed = np.unique(np.concatenate([top.images.ravel() for top in tops.values()] or [np.zeros(0, np.int64)]))
-    bases = {name: (f.basis, f.inverse) for name, f in found.items()}
 
     def per_example(variables: Any, bases: Any, image: jax.Array) -> Any:
         outs = engine.layer_outputs(variables, image, list(bases))
@@ -261,7 +271,9 @@ def _concepts(
         name: concepts.LayerConcepts(
             name,
             f,
-            classfilters.per_class(per_image[name]["contribution"], targets, model.graph.num_classes),
+            classfilters.per_class(
+                per_image[name]["contribution"] if name in bases else none, targets, model.graph.num_classes
+            ),
             tops[name],
             {int(i): maps[name][j] for j, i in enumerate(needed) if i in tops[name].images},
         )
@@ -323,6 +335,7 @@ def build(
     maps = _maps(engine, model, inputs[shown], spatial, build_plan.stage("activation maps").chunk, progress)
     found = _factorise(samples, settings.layers.concepts, settings.seed, progress)
     evidence_targets = np.where(probe.labels >= 0, probe.labels, pred.predicted).astype(np.int32)
+    black = to_model(np.zeros((1, *model.input_shape), np.float32), settings.preprocess)[0]
     evidence, per_concept = _class_evidence(
         engine,
         model,
@@ -330,6 +343,8 @@ def build(
         evidence_targets,
         visualisation.visualised_layers(model),
         found,
+        black,
+        settings.layers.conductance_steps,
         build_plan.stage(plan.EVIDENCE_STAGE).chunk,
         progress,
     )
@@ -344,7 +359,6 @@ def build(
         build_plan.stage(plan.CONCEPT_MAPS_STAGE).chunk,
         progress,
     )
-    black = to_model(np.zeros((1, *model.input_shape), np.float32), settings.preprocess)[0]
     white = to_model(np.ones((1, *model.input_shape), np.float32), settings.preprocess)[0]
     explained = display_indices(probe.labels, settings.attribution.images)
     runner = attribution.runner_for(engine, model, settings, black, white)

@@ -274,6 +274,8 @@ class DecidingFilter:
     contribution: float  # mean Σ activation × d logit / d activation over the class's probe images
     share: float  # of the class's total positive contribution at this layer
     gradcam_weight: float  # mean d logit / d activation (Grad-CAM's channel weight)
+    conductance: float | None = None  # mean conductance from a black image (None: not computed)
+    conductance_share: float | None = None  # of the class's total positive conductance at this layer
 
 
 @dataclass(frozen=True)

@@ -262,6 +262,11 @@ def concept_cards(
 ) -> tuple[str, tuple[ConceptCard, ...]]:
     """One card per concept of the layer: its maps and patches on its strongest probe images, the
     filters it mixes and the classes it serves."""
+    if not recorded.concepts:
+        return (
+            f"No concepts: this layer is zero at all {recorded.fitted_rows:,} positions sampled from the probe images.",
+            (),
+        )
     rf = layer.receptive_field
     assert rf is not None
     cards = []
@@ -466,9 +471,10 @@ def evidence_section(
         patch = class_patch(k, d.layer, d.filter)
         image = synthesised(d.layer, d.filter)
         label, share, href = f"{d.layer} #{d.filter}", f"{d.share:.0%}", "#" + section_of[d.layer]
-        return (
-            EvidenceTile(image, patch, label, share, href) if image else EvidenceTile(patch, None, label, share, href)
-        )
+        conducted = "" if d.conductance_share is None else f"{d.conductance_share:.0%}"
+        if image is None:
+            return EvidenceTile(patch, None, label, share, href, conducted)
+        return EvidenceTile(image, patch, label, share, href, conducted)
 
     rows = []
     for row in recorded:
@@ -491,11 +497,18 @@ def evidence_section(
         )
         count = f"{row.images} probe image" + ("s" if row.images != 1 else "")
         rows.append(ClassEvidenceRow(row.name, example, count, groups))
+    conductance = (
+        "; below it, its share of the class's positive conductance there (the integrated gradient that flows"
+        " through the filter on the straight path from a black image, Dhamdhere et al. 2018), which counts the"
+        " evidence the filter builds up along the way and not only at the image"
+        if any(d.conductance_share is not None for row in recorded for d in row.filters)
+        else ""
+    )
     note = (
         "For each class, the filters whose activation carries the most evidence for its logit: activation"
         " × gradient of the class logit, summed over the map and averaged over the class's probe images"
         " (its label; the predicted class for unlabelled images). The percentage is the filter's share of all"
-        " positive evidence at that layer. Each tile shows the filter's synthesised image (where it was"
+        f" positive evidence at that layer{conductance}. Each tile shows the filter's synthesised image (where it was"
         " visualised) beside the part of this class's probe images it fires on most; click it to open its"
         " layer."
     )

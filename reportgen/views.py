@@ -116,6 +116,7 @@ class EvidenceTile:
     label: str  # "conv6 #42"
     share: str  # "31 %"
     href: str  # the layer section
+    conductance: str = ""  # its share of the class's conductance, "" where not computed
 
 
 @dataclass(frozen=True)

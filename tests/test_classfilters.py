@@ -85,3 +85,30 @@ def test_api_class_filters_averages_over_each_class_and_defaults_to_the_predicti
     np.testing.assert_allclose(
         api.class_filters(model, x)["mix"]["contribution"], by_hand(predicted), rtol=1e-4, atol=1e-5
     )
+
+
+def test_conductance_of_a_linear_head_is_the_activation_change_times_the_weight(tmp_path: Path) -> None:
+    variables = tiny_models.init_linen(tiny_models.LinearConv(), seed=5)
+    model = api.load_model(f"{SPEC}:LinearConv", save(tmp_path / "ck", variables))
+    p = jax.tree.map(np.asarray, variables["params"])
+    x = np.random.default_rng(8).uniform(0, 1, (3, 6, 6, 3)).astype(np.float32)
+    baseline = np.full((6, 6, 3), 0.25, np.float32)
+    targets = np.array([1, 1, 2], np.int32)
+    got = api.class_filters(model, x, targets, ["mix"], conductance_steps=3, baseline=baseline)["mix"]
+    change = np.einsum("nhwc,cf->nhwf", x - baseline, p["mix"]["kernel"][0, 0])  # A(x) - A(baseline)
+    v = p["out"]["kernel"].reshape(6, 6, 2, 3)[..., targets].transpose(3, 0, 1, 2)
+    per_image = (change * v).sum(axis=(1, 2))
+    np.testing.assert_allclose(got["conductance"][1], per_image[:2].mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["conductance"][2], per_image[2], rtol=1e-4, atol=1e-5)
+    assert np.isnan(got["conductance"][0]).all()
+
+
+def test_conductance_at_a_layer_every_path_crosses_adds_up_to_the_logit_change(linen_checkpoint: Path) -> None:
+    model = api.load_model(f"{SPEC}:TinyLinen", linen_checkpoint)
+    x = np.random.default_rng(9).uniform(0, 1, (6, 8, 8, 3)).astype(np.float32)
+    targets = np.array([0, 1, 2, 0, 1, 2], np.int32)
+    got = api.class_filters(model, x, targets, ["conv1"], conductance_steps=32)["conv1"]["conductance"]
+    logits = api.predict(model, x)[np.arange(6), targets]
+    at_black = api.predict(model, np.zeros((1, 8, 8, 3), np.float32))[0, targets]
+    change = np.array([(logits - at_black)[targets == k].mean() for k in range(3)])
+    np.testing.assert_allclose(got.sum(axis=1), change, atol=1e-2 * np.abs(change).max())

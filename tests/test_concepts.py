@@ -41,6 +41,11 @@ def test_factorisation_finds_planted_concepts_and_their_number() -> None:
     np.testing.assert_array_equal(found.basis, again.basis)
 
 
+def test_all_zero_activations_have_no_concepts() -> None:
+    found = concepts.factorise(np.zeros((50, 4), np.float32), max_concepts=3, seed=0)
+    assert found.basis.shape == (0, 4) and len(found.presence) == 0
+
+
 def test_k_is_the_first_count_one_more_concept_improves_by_less_than_the_gain() -> None:
     assert concepts.choose(np.array([0.5, 0.3, 0.29, 0.1])) == 2
     assert concepts.choose(np.array([0.5, 0.45, 0.4])) == 3  # always improving: the cap
@@ -116,5 +121,6 @@ def test_report_concepts_agree_with_the_api(
                 share = per_class[served.index, c] / positive[served.index]
                 assert served.share == pytest.approx(share, rel=1e-3, abs=1e-6)
             assert [s.share for s in concept.classes] == sorted((s.share for s in concept.classes), reverse=True)
+    assert all(d.conductance is None for row in loaded.class_evidence for d in row.filters)  # quick: no paths
     html = (tmp_path / "report" / "report.html").read_text()
     assert html.count('class="concept"') == sum(len(found.concepts) for found in recorded.values())

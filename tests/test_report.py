@@ -364,6 +364,7 @@ def test_class_evidence_agrees_with_a_direct_computation(built: Path, tiny_probe
         positive = np.maximum(mean, 0).sum()
         expected_share = np.sort(mean)[::-1][: len(conv1)] / positive
         np.testing.assert_allclose([d.share for d in conv1], expected_share, rtol=1e-4, atol=1e-7)
+        assert all(d.conductance is not None and d.conductance_share is not None for d in row.filters)
 
 
 def test_evidence_findings_name_shared_and_rare_filters(built: Path) -> None:

@@ -6,7 +6,11 @@ c_f = Σ_ij A_ijf · ∂logit_k/∂A_ijf, the first-order share of the logit car
 Selvaraju et al. 2017, "Grad-CAM", and Shrikumar et al. 2016, "Not Just a Black Box", at a
 layer instead of the input). For a network whose layers after A are linear up to the logit the
 contributions add up to the logit minus the later biases. The Grad-CAM channel weight
-mean_ij ∂logit_k/∂A_ijf is kept beside it. Both are averaged over the probe images of class k.
+mean_ij ∂logit_k/∂A_ijf is kept beside it, and, where asked for, the filter's conductance
+(Dhamdhere, Yan & Sundararajan 2018, "How Important Is a Neuron?"): the integrated gradient
+that flows through the filter along the straight path from a baseline image to x,
+Σ_ij ∫ ∂logit_k/∂A_ijf dA_ijf, whose sum over a layer every path crosses is
+logit_k(x) − logit_k(baseline). All are averaged over the probe images of class k.
 """
 
 from __future__ import annotations
@@ -33,6 +37,31 @@ def class_gradients(
         return logits[target]
 
     return engine.gradients(variables, image, layers, objective)
+
+
+def path_gradients(
+    engine: Engine,
+    variables: Any,
+    image: jax.Array,
+    baseline: jax.Array,
+    target: jax.Array,
+    layers: Sequence[str],
+    steps: int,
+) -> Gradients:
+    """`class_gradients` at the steps + 1 points baseline + s/steps · (image − baseline),
+    s = 0 … steps, stacked on axis 0 (the last point is the image)."""
+    import jax  # here, not at the top: the report's views import this module without jax
+
+    alphas = np.linspace(0.0, 1.0, steps + 1, dtype=np.float32).reshape(-1, *([1] * image.ndim))
+    points = baseline + alphas * (image - baseline)
+    return jax.vmap(lambda x: class_gradients(engine, variables, x, target, layers))(points)
+
+
+def conductance(activations: jax.Array, gradients: jax.Array) -> jax.Array:
+    """Each filter's conductance (C,) from a layer's activations and gradients (S + 1, h, w, C)
+    at the points of `path_gradients`: Σ_ij ∫ ∂logit/∂A dA by the trapezoid rule along the path."""
+    mean_gradient = 0.5 * (gradients[1:] + gradients[:-1])
+    return (mean_gradient * (activations[1:] - activations[:-1])).sum(axis=(0, 1, 2))
 
 
 def filter_evidence(activation: jax.Array, gradient: jax.Array) -> dict[str, jax.Array]:
@@ -63,6 +92,7 @@ class LayerEvidence:
     layer: str
     contribution: np.ndarray  # (K, C) mean activation × gradient; NaN rows for classes without images
     weight: np.ndarray  # (K, C) mean Grad-CAM channel weight
+    conductance: np.ndarray | None = None  # (K, C) mean conductance, where computed
 
     def share(self) -> np.ndarray:
         """(K, C) each filter's contribution over the class's total positive contribution."""
@@ -97,13 +127,16 @@ def filter_order(share: np.ndarray) -> np.ndarray:
 def aggregate(
     per_image: dict[str, dict[str, np.ndarray]], layers: Sequence[str], targets: np.ndarray, num_classes: int
 ) -> list[LayerEvidence]:
-    """The named layers' `channel_evidence` over N images (stacked on axis 0), averaged per class,
-    in the order of `layers`."""
+    """The named layers' `channel_evidence` over N images (stacked on axis 0), with conductance
+    where it was computed, averaged per class, in the order of `layers`."""
     return [
         LayerEvidence(
             name,
             per_class(per_image[name]["contribution"], targets, num_classes),
             per_class(per_image[name]["weight"], targets, num_classes),
+            per_class(per_image[name]["conductance"], targets, num_classes)
+            if "conductance" in per_image[name]
+            else None,
         )
         for name in layers
     ]
