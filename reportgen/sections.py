@@ -125,6 +125,11 @@ def figure_prefix(index: int, name: str) -> str:
     return f"{index + 1:02d}-{slug(name)}"
 
 
+def filter_anchor(section: str, f: int) -> str:
+    """The HTML id of filter f's card in the layer section `section`."""
+    return f"{section}-filter-{f}"
+
+
 def synthesised_figure(prefix: str, f: int) -> str:
     """The file name of filter f's synthesised image, under its layer's `figure_prefix`."""
     return f"{prefix}-vis-{f:03d}.png"
@@ -236,7 +241,7 @@ def layer_view(
         for c in range(channels)
     )
     title = f"{index + 1}. {layer.name}"
-    summary, cards = filter_cards(vis, layer, probe, store, prefix) if vis is not None else ("", ())
+    summary, cards = filter_cards(vis, layer, probe, store, prefix, section) if vis is not None else ("", ())
     concept_text, concept_views = (
         concept_cards(concepts, recorded.concepts, layer, probe, store, prefix)
         if concepts is not None and recorded.concepts is not None
@@ -262,11 +267,11 @@ def concept_cards(
 ) -> tuple[str, tuple[ConceptCard, ...]]:
     """One card per concept of the layer: its maps and patches on its strongest probe images, the
     filters it mixes and the classes it serves."""
+    if not recorded.fitted_rows:
+        return "No concepts: this layer's outputs are not finite at the positions sampled from the probe images.", ()
     if not recorded.concepts:
-        return (
-            f"No concepts: this layer is zero at all {recorded.fitted_rows:,} positions sampled from the probe images.",
-            (),
-        )
+        sampled = f"{recorded.fitted_rows:,} positions sampled from the probe images"
+        return f"No concepts: this layer is zero at all {sampled}.", ()
     rf = layer.receptive_field
     assert rf is not None
     cards = []
@@ -302,7 +307,7 @@ def concept_cards(
 
 
 def filter_cards(
-    vis: visualisation.FilterVisualisation, layer: Layer, probe: ProbeSet, store: FigureStore, prefix: str
+    vis: visualisation.FilterVisualisation, layer: Layer, probe: ProbeSet, store: FigureStore, prefix: str, section: str
 ) -> tuple[str, tuple[FilterCard, ...]]:
     """One card per visualised filter: its synthesised image and top probe patches."""
     rf = layer.receptive_field
@@ -329,7 +334,7 @@ def filter_cards(
         dead = bool(vis.dead[k])
         status = "dead" if dead else ("beats" if vis.beats_probes[k] else "")
         caption = f"#{f} · {vis.activation[k]:.3g} (probes ≤ {vis.probe_best[k]:.3g})" + (" · dead" if dead else "")
-        cards.append(FilterCard(image, patch_views, caption, status))
+        cards.append(FilterCard(image, patch_views, caption, status, filter_anchor(section, f)))
     fraction = vis.beat_fraction
     beaten = "no live filters" if fraction is None else f"{fraction:.0%} of the {int((~vis.dead).sum())} live ones"
     summary = (
@@ -470,11 +475,11 @@ def evidence_section(
     def tile(k: int, d: results.DecidingFilter) -> EvidenceTile:
         patch = class_patch(k, d.layer, d.filter)
         image = synthesised(d.layer, d.filter)
-        label, share, href = f"{d.layer} #{d.filter}", f"{d.share:.0%}", "#" + section_of[d.layer]
+        label, share, section = f"{d.layer} #{d.filter}", f"{d.share:.0%}", section_of[d.layer]
         conducted = "" if d.conductance_share is None else f"{d.conductance_share:.0%}"
-        if image is None:
-            return EvidenceTile(patch, None, label, share, href, conducted)
-        return EvidenceTile(image, patch, label, share, href, conducted)
+        if image is None:  # not visualised: no card of its own
+            return EvidenceTile(patch, None, label, share, "#" + section, conducted)
+        return EvidenceTile(image, patch, label, share, "#" + filter_anchor(section, d.filter), conducted)
 
     rows = []
     for row in recorded:
@@ -510,7 +515,7 @@ def evidence_section(
         " (its label; the predicted class for unlabelled images). The percentage is the filter's share of all"
         f" positive evidence at that layer{conductance}. Each tile shows the filter's synthesised image (where it was"
         " visualised) beside the part of this class's probe images it fires on most; click it to open its"
-        " layer."
+        " card in its layer section."
     )
     return EvidenceSection(note, shown_layers, tuple(heatmaps), tuple(rows))
 

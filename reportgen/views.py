@@ -95,6 +95,7 @@ class FilterCard:
     patches: tuple[FigureView, ...]
     caption: str
     status: str  # "dead", "beats" (beats every probe image) or ""
+    id: str = ""  # its anchor, which the class evidence links to
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,15 @@ def test_factorisation_finds_planted_concepts_and_their_number() -> None:
     np.testing.assert_array_equal(found.basis, again.basis)
 
 
-def test_all_zero_activations_have_no_concepts() -> None:
+def test_all_zero_activations_have_no_concepts_and_vectors_that_are_not_finite_are_left_out() -> None:
     found = concepts.factorise(np.zeros((50, 4), np.float32), max_concepts=3, seed=0)
-    assert found.basis.shape == (0, 4) and len(found.presence) == 0
+    assert found.basis.shape == (0, 4) and len(found.presence) == 0 and found.rows == 50
+    v, _, _ = planted()
+    v[:10, 3] = np.nan
+    found = concepts.factorise(v, max_concepts=6, seed=0)
+    assert found.rows == len(v) - 10 and len(found.basis) == 3
+    broken = concepts.factorise(np.full((5, 4), np.inf, np.float32), max_concepts=3, seed=0)
+    assert broken.rows == 0 and len(broken.basis) == 0
 
 
 def test_k_is_the_first_count_one_more_concept_improves_by_less_than_the_gain() -> None:

@@ -75,12 +75,14 @@ def test_a_section_for_every_layer_and_nothing_external(built: Path) -> None:
     data = json.loads((built / "report.json").read_text())
     parser = Links()
     parser.feed(html)
-    layer_ids = [i for i in parser.ids if i.startswith("layer-")]
+    layer_ids = [i for i in parser.ids if i.startswith("layer-") and "-filter-" not in i]
     assert len(layer_ids) == len(data["layers"]) == 8
     for section in ("overview", "findings", "architecture", "predictions", "provenance"):
         assert section in parser.ids
     for url in parser.urls:
         assert url.startswith(("#", "data:image/png;base64,")), url
+        assert not url.startswith("#") or url[1:] in parser.ids, url  # every link has its target
+    assert any("-filter-" in url for url in parser.urls)  # class evidence links to filter cards
     assert not re.search(r"url\(", html)
     assert "http://" not in html and "https://" not in html
     assert parser.scripts == 0

@@ -6,7 +6,8 @@ activations over the probe images as V ≈ W H. Each row of H (k, C) is a concep
 mix of filters scaled to unit length; W (positions, k) is how strongly each concept is present
 at each position, which gives its heatmaps and top patches. The factors are fitted with Lee &
 Seung's multiplicative updates (2001, "Algorithms for Non-negative Matrix Factorization"), from a
-seeded start, so a build is deterministic.
+seeded start, so a build is deterministic; the activations of each image are then projected on
+the fitted concepts by non-negative least squares.
 
 k is chosen by reconstruction error: the factorisation is fitted for every k up to a cap, and k is
 the smallest count after which one more concept lowers the relative error by less than `GAIN`
@@ -176,10 +177,15 @@ class Factorisation:
 
 def factorise(rows: np.ndarray, max_concepts: int, seed: int) -> Factorisation:
     """The concepts of a layer from its sampled activation vectors (R, C), k chosen by `choose`;
-    concepts ordered by how much of the activation they reconstruct."""
+    concepts ordered by how much of the activation they reconstruct. Vectors that are not finite
+    are left out."""
     rows = np.asarray(rows, np.float32)
+    rows = rows[np.isfinite(rows).all(axis=1)]
     cap = max(1, min(max_concepts, rows.shape[1]))
-    coefficients, bases, errors = jax.device_get(fit_all(rows, jax.random.key(seed), cap))
+    if not len(rows):
+        errors = np.full(cap, np.nan, np.float32)
+    else:
+        coefficients, bases, errors = jax.device_get(fit_all(rows, jax.random.key(seed), cap))
     k = choose(errors)
     if k == 0:
         empty = np.zeros((0, rows.shape[1]), np.float32)
