@@ -98,7 +98,14 @@ def concepts_result(found: concepts.LayerConcepts, classes: list[str]) -> result
                 ),
             )
         )
-    return results.Concepts(found.factorisation.rows, _floats(found.factorisation.errors), concepts.GAIN, tuple(out))
+    return results.Concepts(
+        found.factorisation.rows,
+        _floats(found.factorisation.errors),
+        concepts.GAIN,
+        tuple(out),
+        _float(found.evidence) if out else None,
+        _float(found.total) if out else None,
+    )
 
 
 def layer_result(

@@ -274,6 +274,8 @@ def _concepts(
             classfilters.per_class(
                 per_image[name]["contribution"] if name in bases else none, targets, model.graph.num_classes
             ),
+            float(per_image[name]["contribution"].sum(axis=1).mean()) if name in bases else 0.0,
+            float(per_image[name]["total"].mean()) if name in bases else 0.0,
             tops[name],
             {int(i): maps[name][j] for j, i in enumerate(needed) if i in tops[name].images},
         )

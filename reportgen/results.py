@@ -101,6 +101,8 @@ class Concepts:
     errors: tuple[float | None, ...]  # relative reconstruction error with 1, 2, … concepts
     gain: float  # k is the smallest count that one more concept would improve by less than this error
     concepts: tuple[Concept, ...]
+    evidence: float | None = None  # mean per probe image of the concepts' evidence for its class
+    layer_evidence: float | None = None  # the same of all filters (Σ activation × gradient), which includes it
 
 
 @dataclass(frozen=True)

@@ -303,6 +303,17 @@ def concept_cards(
         " classes for which it carries the largest share of the concept evidence here (coefficient × gradient"
         " of the class logit)."
     )
+    if recorded.evidence is not None and recorded.layer_evidence:
+        summary += (
+            f" Per probe image the concepts carry {recorded.evidence:.3g} of the {recorded.layer_evidence:.3g}"
+            " logit units of evidence that all of this layer's filters give the image's class"
+        )
+        summary += (
+            "."
+            if recorded.evidence >= 0.5 * recorded.layer_evidence
+            else ": most of the class evidence here lies"
+            " in what the concepts leave out, so their classes say little about this layer's decisions."
+        )
     return summary, tuple(cards)
 
 

@@ -154,13 +154,15 @@ def concept_evidence(
 ) -> dict[str, jax.Array]:
     """For one image's (h, w, C) activation and the gradient of its class logit there: each
     concept's evidence Σ_ij W_ijk (H_k · ∂logit/∂A_ij) and its strongest coefficient with the flat
-    position of it, each (k,)."""
+    position of it, each (k,), and the evidence of all filters Σ A · ∂logit/∂A ("total", a scalar)
+    that the concepts' evidence is part of."""
     coefficients = project(activation, basis, inverse).reshape(-1, basis.shape[0])
     along = (gradient @ basis.T).reshape(-1, basis.shape[0])
     return {
         "contribution": (coefficients * along).sum(axis=0),
         "max": coefficients.max(axis=0),
         "argmax": coefficients.argmax(axis=0).astype(jnp.int32),
+        "total": (activation * gradient).sum(),
     }
 
 
@@ -206,6 +208,8 @@ class LayerConcepts:
     layer: str
     factorisation: Factorisation
     contribution: np.ndarray  # (K, k) mean concept evidence over each class's probe images; NaN rows where none
+    evidence: float  # mean over the probe images of the concepts' evidence for the image's class
+    total: float  # mean over the probe images of all filters' evidence Σ A · ∂logit/∂A
     top: TopPatches  # per concept, the probe images where its coefficient peaks, and where
     maps: dict[int, np.ndarray]  # probe image index -> its (h, w, k) coefficients, for the top images
 
