@@ -134,3 +134,15 @@ def test_report_concepts_agree_with_the_api(
     assert all(d.conductance is None for row in loaded.class_evidence for d in row.filters)  # quick: no paths
     html = (tmp_path / "report" / "report.html").read_text()
     assert html.count('class="concept"') == sum(len(found.concepts) for found in recorded.values())
+
+
+def test_api_concepts_refuses_layers_without_non_negative_spatial_outputs(linen_checkpoint: Path) -> None:
+    model = api.load_model(f"{SPEC}:TinyLinen", linen_checkpoint)
+    images = np.random.default_rng(0).uniform(0, 1, (3, 8, 8, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="negative outputs"):
+        api.concepts(model, images, "ResidualBlock_0/Conv_0")  # a convolution before its BatchNorm
+    dense = next(layer.name for layer in model.graph.layers if not layer.is_spatial)
+    with pytest.raises(ValueError, match="no spatial output"):
+        api.concepts(model, images, dense)
+    with pytest.raises(ValueError, match="at least 1"):
+        api.concepts(model, images, "conv1", max_concepts=0)
