@@ -126,16 +126,8 @@ def class_filters(
 
     def build() -> Callable[..., Any]:
         def per_example(variables: Any, start: jax.Array, image: jax.Array, target: jax.Array) -> Any:
-            if not conductance_steps:
-                return classfilters.channel_evidence(engine, variables, image, target, names)
-            path = classfilters.path_gradients(engine, variables, image, start, target, names, conductance_steps)
-            return {
-                n: {
-                    **classfilters.filter_evidence(path.outputs[n][-1], path.layer_grads[n][-1]),
-                    "conductance": classfilters.conductance(path.outputs[n], path.layer_grads[n]),
-                }
-                for n in names
-            }
+            found = classfilters.image_evidence(engine, variables, image, target, names, start, conductance_steps)
+            return found.per_filter(names)
 
         return per_example
 
@@ -188,8 +180,8 @@ def concepts(
         raise ValueError(f"layer {layer!r} is zero on every image; it has no concepts")
 
     def evidence(variables: Any, basis: Any, inverse: Any, image: jax.Array, target: jax.Array) -> Any:
-        result = classfilters.class_gradients(engine, variables, image, target, [layer])
-        activation, gradient = result.outputs[layer], result.layer_grads[layer]
+        found = classfilters.image_evidence(engine, variables, image, target, [layer])
+        activation, gradient = found.outputs[layer], found.gradients[layer]
         maps = concept_analysis.project(activation, basis, inverse)
         return maps, concept_analysis.concept_evidence(activation, gradient, basis, inverse)["contribution"]
 

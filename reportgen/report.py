@@ -209,18 +209,9 @@ def _class_evidence(
     layers = list(dict.fromkeys([*names, *bases]))
 
     def per_example(variables: Any, bases: Any, image: jax.Array, target: jax.Array) -> Any:
-        if steps:
-            path = classfilters.path_gradients(engine, variables, image, baseline, target, layers, steps)
-            outs = {n: path.outputs[n][-1] for n in layers}
-            grads = {n: path.layer_grads[n][-1] for n in layers}
-        else:
-            result = classfilters.class_gradients(engine, variables, image, target, layers)
-            outs, grads = result.outputs, result.layer_grads
-        filters = {n: classfilters.filter_evidence(outs[n], grads[n]) for n in names}
-        if steps:
-            for n in names:
-                filters[n]["conductance"] = classfilters.conductance(path.outputs[n], path.layer_grads[n])
-        return filters, {n: concepts.concept_evidence(outs[n], grads[n], *bases[n]) for n in bases}
+        found = classfilters.image_evidence(engine, variables, image, target, layers, baseline, steps)
+        outs, grads = found.outputs, found.gradients
+        return found.per_filter(names), {n: concepts.concept_evidence(outs[n], grads[n], *bases[n]) for n in bases}
 
     progress.start(plan.EVIDENCE_STAGE, len(images))
     filters, per_concept = map_examples(
@@ -244,15 +235,14 @@ def _concepts(
     """Each layer's concepts with their evidence per class, their strongest probe images and
     the concept maps of those images (none for a layer that is zero everywhere)."""
     bases = {name: (f.basis, f.inverse) for name, f in found.items() if len(f.basis)}
-    none = np.zeros((len(images), 0))
     tops = {
         name: patches.top_patches(
-            per_image[name]["max"] if name in bases else none,
-            per_image[name]["argmax"] if name in bases else none.astype(np.int32),
+            per_image[name]["max"],
+            per_image[name]["argmax"],
             model.graph.layer(name).output_shape[1],
             settings.layers.top_patches,
         )
-        for name in found
+        for name in bases
     }
     needed = np.unique(np.concatenate([top.images.ravel() for top in tops.values()] or [np.zeros(0, np.int64)]))
 
@@ -267,20 +257,22 @@ def _concepts(
         else {}
     )
     progress.finish()
-    return {
-        name: concepts.LayerConcepts(
+    result = {}
+    for name, factorisation in found.items():
+        if name not in bases:
+            result[name] = concepts.LayerConcepts.none(name, factorisation, model.graph.num_classes)
+            continue
+        contribution = per_image[name]["contribution"]
+        result[name] = concepts.LayerConcepts(
             name,
-            f,
-            classfilters.per_class(
-                per_image[name]["contribution"] if name in bases else none, targets, model.graph.num_classes
-            ),
-            float(per_image[name]["contribution"].sum(axis=1).mean()) if name in bases else 0.0,
-            float(per_image[name]["total"].mean()) if name in bases else 0.0,
+            factorisation,
+            classfilters.per_class(contribution, targets, model.graph.num_classes),
+            float(contribution.sum(axis=1).mean()),
+            float(per_image[name]["total"].mean()),
             tops[name],
             {int(i): maps[name][j] for j, i in enumerate(needed) if i in tops[name].images},
         )
-        for name, f in found.items()
-    }
+    return result
 
 
 # ---------------------------------------------------------------------------------------------

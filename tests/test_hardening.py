@@ -92,7 +92,9 @@ def test_nan_weights_give_findings_and_a_complete_report(tmp_path: Path, tiny_pr
     assert outputs["severity"] == "error" and "in 1 of 8 filters on 12 probe images" in outputs["message"]
     conv1 = next(layer for layer in report["layers"] if layer["name"] == "conv1")
     assert conv1["nonfinite_weights"] == [2] and conv1["statistics"]["max"][2] is None
-    assert (tmp_path / "r" / "report.html").stat().st_size > 0
+    assert conv1["concepts"]["fitted_rows"] == 0 and conv1["concepts"]["concepts"] == []  # every vector has a NaN
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "No concepts: this layer&#39;s outputs are not finite" in html
 
 
 def test_bit_depth_comes_from_the_file_not_from_its_pixels(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -69,12 +69,51 @@ def filter_evidence(activation: jax.Array, gradient: jax.Array) -> dict[str, jax
     return {"contribution": (activation * gradient).sum(axis=(0, 1)), "weight": gradient.mean(axis=(0, 1))}
 
 
+class ImageEvidence(NamedTuple):
+    """One image's named layer outputs and the gradients of its class logit there, and each
+    filter's conductance where a path was taken."""
+
+    outputs: dict[str, jax.Array]
+    gradients: dict[str, jax.Array]
+    conductance: dict[str, jax.Array]  # {} without a path
+
+    def per_filter(self, layers: Sequence[str]) -> dict[str, dict[str, jax.Array]]:
+        """{layer: `filter_evidence`, with "conductance" where it was computed}."""
+        return {
+            name: filter_evidence(self.outputs[name], self.gradients[name])
+            | ({"conductance": self.conductance[name]} if name in self.conductance else {})
+            for name in layers
+        }
+
+
+def image_evidence(
+    engine: Engine,
+    variables: Any,
+    image: jax.Array,
+    target: jax.Array,
+    layers: Sequence[str],
+    baseline: jax.Array | None = None,
+    steps: int = 0,
+) -> ImageEvidence:
+    """The named layers' outputs and gradients of the target's logit at the image; with `steps`,
+    from the last point of the path from `baseline`, with the conductance of every layer's filters."""
+    if not steps:
+        result = class_gradients(engine, variables, image, target, layers)
+        return ImageEvidence(result.outputs, result.layer_grads, {})
+    assert baseline is not None
+    path = path_gradients(engine, variables, image, baseline, target, layers, steps)
+    return ImageEvidence(
+        {name: path.outputs[name][-1] for name in layers},
+        {name: path.layer_grads[name][-1] for name in layers},
+        {name: conductance(path.outputs[name], path.layer_grads[name]) for name in layers},
+    )
+
+
 def channel_evidence(
     engine: Engine, variables: Any, image: jax.Array, target: jax.Array, layers: Sequence[str]
 ) -> dict[str, dict[str, jax.Array]]:
     """For one image: {layer: {"contribution": (C,), "weight": (C,)}} for the target's logit."""
-    result = class_gradients(engine, variables, image, target, layers)
-    return {name: filter_evidence(result.outputs[name], result.layer_grads[name]) for name in layers}
+    return image_evidence(engine, variables, image, target, layers).per_filter(layers)
 
 
 def share(contribution: np.ndarray) -> np.ndarray:

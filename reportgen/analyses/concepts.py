@@ -216,3 +216,10 @@ class LayerConcepts:
     def share(self) -> np.ndarray:
         """(K, k) each concept's share of the class's positive concept evidence."""
         return share(self.contribution)
+
+    @classmethod
+    def none(cls, layer: str, factorisation: Factorisation, num_classes: int) -> LayerConcepts:
+        """A layer without concepts: zero, or not finite, at every sampled position."""
+        nowhere = np.zeros((0, 0), np.int64)
+        top = TopPatches(nowhere, nowhere, nowhere, np.zeros((0, 0)))
+        return cls(layer, factorisation, np.zeros((num_classes, 0)), 0.0, 0.0, top, {})
