@@ -12,7 +12,7 @@ import numpy as np
 
 from reportgen import findings as findings_module
 from reportgen.analyses.ranks import correlation, spearman
-from reportgen.results import ClassScore, Finding, ImagePrediction, LayerResult, Report
+from reportgen.results import ClassScore, DecidingFilter, Finding, ImagePrediction, LayerResult, Report
 
 DIFF_SCHEMA_VERSION = 1
 CORRESPONDENCE = 0.5
@@ -142,6 +142,19 @@ class SettingChange:
 
 
 @dataclass(frozen=True)
+class EvidenceChange:
+    """A class whose strongest filter at a layer differs between the reports, at a layer whose
+    filters correspond (so that filter numbers mean the same filters in both)."""
+
+    name: str
+    layer: str
+    old_filter: int
+    new_filter: int
+    old_share: float  # of the class's positive evidence at the layer
+    new_share: float
+
+
+@dataclass(frozen=True)
 class Diff:
     """Everything that changed between two reports (diff.json)."""
 
@@ -161,6 +174,8 @@ class Diff:
     findings_resolved: tuple[Finding, ...]
     findings_changed: tuple[FindingChange, ...]
     provenance: tuple[SettingChange, ...]
+    evidence: tuple[EvidenceChange, ...] = ()
+    evidence_unchanged: int = 0  # (class, layer) pairs compared whose strongest filter is the same
 
     def headline_value(self, name: str) -> Headline:
         """The headline row called `name`."""
@@ -392,6 +407,30 @@ def _provenance(old: Report, new: Report) -> tuple[SettingChange, ...]:
     return tuple(SettingChange(k, before.get(k), after.get(k), before.get(k) != after.get(k)) for k in keys)
 
 
+def _evidence(old: Report, new: Report, layers: tuple[LayerChange, ...]) -> tuple[tuple[EvidenceChange, ...], int]:
+    """Classes whose strongest filter changed, at the layers whose filters correspond; and how
+    many (class, layer) pairs kept theirs."""
+    comparable = [layer.name for layer in layers if layer.filters_correspond]
+
+    def strongest(report: Report) -> dict[tuple[str, str], DecidingFilter]:
+        first: dict[tuple[str, str], DecidingFilter] = {}
+        for row in report.class_evidence:
+            for d in row.filters:  # largest first within each layer
+                first.setdefault((row.name, d.layer), d)
+        return first
+
+    before, after = strongest(old), strongest(new)
+    pairs = [(row.name, layer) for layer in comparable[::-1] for row in new.class_evidence]
+    shared = [key for key in pairs if key in before and key in after]
+    changes = tuple(
+        EvidenceChange(name, layer, before[name, layer].filter, after[name, layer].filter,
+                       before[name, layer].share, after[name, layer].share)
+        for name, layer in shared
+        if before[name, layer].filter != after[name, layer].filter
+    )  # fmt: skip
+    return changes, len(shared) - len(changes)
+
+
 def _finding_key(finding: Finding) -> tuple[str, str]:
     return finding.code, finding.subject
 
@@ -403,6 +442,8 @@ def compare(old: Report, new: Report, old_label: str = "old", new_label: str = "
     new_names = {layer.name for layer in new.layers}
     old_findings = {_finding_key(f): f for f in old.findings}
     new_keys = {_finding_key(f) for f in new.findings}
+    layers = _layers(old, new)
+    evidence, evidence_unchanged = _evidence(old, new, layers)
     return Diff(
         schema_version=DIFF_SCHEMA_VERSION,
         old=_side(old, old_label),
@@ -412,7 +453,7 @@ def compare(old: Report, new: Report, old_label: str = "old", new_label: str = "
         classes=_classes(old, new),
         confusion=_confusion(old, new),
         prediction_changes=changes,
-        layers=_layers(old, new),
+        layers=layers,
         layers_only_old=tuple(layer.name for layer in old.layers if layer.name not in new_names),
         layers_only_new=tuple(layer.name for layer in new.layers if layer.name not in old_layers),
         methods=_methods(old, new),
@@ -424,4 +465,6 @@ def compare(old: Report, new: Report, old_label: str = "old", new_label: str = "
             if _finding_key(f) in old_findings and old_findings[_finding_key(f)].message != f.message
         ),
         provenance=_provenance(old, new),
+        evidence=evidence,
+        evidence_unchanged=evidence_unchanged,
     )

@@ -24,6 +24,7 @@ from reportgen.views import (
 )
 
 MAX_PREDICTION_CARDS = 60
+MAX_EVIDENCE_ROWS = 60
 INTEGER = "{:,.0f}"
 PERCENT = "{:.1%}"
 SCORE = "{:.3f}"
@@ -144,6 +145,16 @@ def diff_view(diff: Diff, gates: Sequence[tuple[str, bool, str]], folders: tuple
         )
         for m in diff.methods
     )
+    evidence = tuple(
+        Compared(
+            f"{e.name} at {e.layer}",
+            f"#{e.old_filter} ({e.old_share:.0%})",
+            f"#{e.new_filter} ({e.new_share:.0%})",
+            "",
+            "",
+        )
+        for e in diff.evidence[:MAX_EVIDENCE_ROWS]
+    )
     provenance = tuple(
         Compared(s.key, s.old or "—", s.new or "—", "", "changed" if s.changed else "") for s in diff.provenance
     )
@@ -169,6 +180,20 @@ def diff_view(diff: Diff, gates: Sequence[tuple[str, bool, str]], folders: tuple
         changed=tuple(Compared(f.severity, f.old_message, f.new_message, "", "") for f in diff.findings_changed),
         provenance=changed_provenance + tuple(p for p in provenance if not p.tone and p.label.startswith("versions.")),
         provenance_unchanged=len(provenance) - len(changed_provenance),
+        evidence=evidence,
+        evidence_note=_evidence_note(diff),
+    )
+
+
+def _evidence_note(diff: Diff) -> str:
+    """How many (class, layer) pairs kept their strongest filter; "" where none were compared."""
+    compared_pairs = diff.evidence_unchanged + len(diff.evidence)
+    if not compared_pairs:
+        return ""
+    listed = f" The first {MAX_EVIDENCE_ROWS} changes are listed." if len(diff.evidence) > MAX_EVIDENCE_ROWS else ""
+    return (
+        f"{diff.evidence_unchanged} of {compared_pairs} (class, layer) pairs keep their strongest filter. Only"
+        f" layers whose filters correspond in both releases are compared.{listed}"
     )
 
 

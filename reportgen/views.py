@@ -337,3 +337,5 @@ class DiffView:
     changed: tuple[Compared, ...]
     provenance: tuple[Compared, ...]
     provenance_unchanged: int
+    evidence: tuple[Compared, ...] = ()  # classes whose strongest filter at a layer changed
+    evidence_note: str = ""

@@ -242,3 +242,28 @@ def test_different_architectures_compare_matching_layers_and_list_the_rest(archi
     assert [layer.name for layer in d.layers] == [layer.name for layer in old.layers if layer.name != "conv1"]
     assert all(layer.filters_correspond and not layer.died for layer in d.layers)  # same weights
     assert not d.prediction_changes and not d.findings_introduced
+
+
+def test_strongest_filters_per_class_are_compared_where_filters_correspond(archive: Path) -> None:
+    import dataclasses
+
+    old = results.load(archive / "v1")
+    row = old.class_evidence[0]
+    first, second = [d for d in row.filters if d.layer == "conv1"][:2]
+    swapped = tuple(second if d is first else first if d is second else d for d in row.filters)
+    new = dataclasses.replace(old, class_evidence=(dataclasses.replace(row, filters=swapped), *old.class_evidence[1:]))
+    d = diff.compare(old, new)
+    assert [(e.name, e.layer, e.old_filter, e.new_filter) for e in d.evidence] == [
+        (row.name, "conv1", first.filter, second.filter)
+    ]
+    layers = {d.layer for r in old.class_evidence for d in r.filters}
+    assert d.evidence_unchanged == len(old.class_evidence) * len(layers) - 1
+    # Where conv1's filters do not correspond (their activation profile is reversed), it is not compared.
+    reversed_means = tuple(
+        dataclasses.replace(layer, statistics=dataclasses.replace(layer.statistics, mean=layer.statistics.mean[::-1]))
+        if layer.name == "conv1"
+        else layer
+        for layer in new.layers
+    )
+    d = diff.compare(old, dataclasses.replace(new, layers=reversed_means))
+    assert not d.evidence and d.evidence_unchanged == len(old.class_evidence) * (len(layers) - 1)
