@@ -118,3 +118,37 @@ def test_api_and_the_report_runner_give_the_engine_relevance(lrp_net) -> None:
     )
     np.testing.assert_allclose(api.lrp(model, x, targets, low=-1.0, high=2.0), shifted, rtol=1e-5, atol=1e-6)
     assert not np.allclose(shifted, expected)
+
+
+@pytest.mark.parametrize("scale_signs", [(1, 1, 1, 1, 1, 1, 1), (1, -1, 1, -1, -1, 1, -1)])
+def test_batchnorm_is_relevance_as_if_folded_into_its_convolution(
+    tmp_path_factory: pytest.TempPathFactory, scale_signs: tuple[int, ...]
+) -> None:
+    import tiny_models
+
+    rng = np.random.default_rng(11)
+    variables = jax.tree.map(np.array, tiny_models.init_linen(tiny_models.ConvBatchNorm(), seed=3))
+    p, stats = variables["params"], variables["batch_stats"]
+    folded = {"out": p["out"]}
+    signs = np.array(scale_signs, np.float32)
+    for conv, bn, sign in (("conv1", "bn1", signs[:4]), ("conv2", "bn2", signs[4:])):
+        width = p[conv]["bias"].shape[0]
+        p[conv]["bias"] = rng.normal(size=width).astype(np.float32) * 0.1
+        p[bn]["scale"] = (rng.uniform(0.5, 1.5, width) * sign).astype(np.float32)
+        p[bn]["bias"] = rng.normal(size=width).astype(np.float32) * 0.1
+        stats[bn]["mean"] = rng.normal(size=width).astype(np.float32) * 0.1
+        stats[bn]["var"] = rng.uniform(0.5, 2.0, width).astype(np.float32)
+        s = p[bn]["scale"] / np.sqrt(stats[bn]["var"] + 1e-5)  # flax's BatchNorm epsilon
+        folded[conv] = {
+            "kernel": p[conv]["kernel"] * s,
+            "bias": (p[conv]["bias"] - stats[bn]["mean"]) * s + p[bn]["bias"],
+        }
+    folder = tmp_path_factory.mktemp("bn")
+    with_bn = api.load_model(f"{SPEC}:ConvBatchNorm", save(folder / "bn", variables))
+    without = api.load_model(f"{SPEC}:ConvFolded", save(folder / "folded", {"params": folded}))
+    x = rng.uniform(0, 1, (3, 6, 6, 2)).astype(np.float32)
+    np.testing.assert_allclose(api.predict(with_bn, x), api.predict(without, x), rtol=1e-4, atol=1e-5)
+    targets = np.array([0, 1, 0])
+    np.testing.assert_allclose(
+        api.lrp(with_bn, x, targets, gamma=0.5), api.lrp(without, x, targets, gamma=0.5), rtol=1e-3, atol=1e-5
+    )

@@ -205,3 +205,28 @@ class LrpNet(nn.Module):
         x = nn.relu(nn.Conv(3, (1, 1), use_bias=False, name="first")(x))
         x = nn.relu(nn.Conv(2, (1, 1), use_bias=False, name="second")(x))
         return nn.Dense(2, use_bias=False, name="out")(x.reshape((x.shape[0], -1)))
+
+
+class ConvBatchNorm(nn.Module):
+    """Two 3x3 convs, each followed by BatchNorm and a ReLU, then a dense head: LRP must treat
+    each BatchNorm as folded into its convolution."""
+
+    input_shape = (6, 6, 2)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.BatchNorm(use_running_average=True, name="bn1")(nn.Conv(4, (3, 3), name="conv1")(x)))
+        x = nn.relu(nn.BatchNorm(use_running_average=True, name="bn2")(nn.Conv(3, (3, 3), name="conv2")(x)))
+        return nn.Dense(2, name="out")(x.reshape((x.shape[0], -1)))
+
+
+class ConvFolded(nn.Module):
+    """ConvBatchNorm with each BatchNorm folded into the convolution before it."""
+
+    input_shape = (6, 6, 2)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Conv(4, (3, 3), name="conv1")(x))
+        x = nn.relu(nn.Conv(3, (3, 3), name="conv2")(x))
+        return nn.Dense(2, name="out")(x.reshape((x.shape[0], -1)))

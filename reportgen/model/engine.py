@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -134,6 +135,7 @@ class LrpCall(NamedTuple):
     plan: RulePlan
     composite: Composite
     bounds: tuple[jax.Array, jax.Array]
+    signs: Mapping[int, jax.Array] = MappingProxyType({})  # equation -> sign of the scale after each output channel
 
 
 def _apply(primitive: Any, params: dict[str, Any], args: list[Any]) -> Any:
@@ -182,7 +184,10 @@ def evaluate(
                 return _apply(eqn.primitive, eqn.params, [a, b] if position == 0 else [b, a])
 
             bounds = lrp.bounds if rule == "bounded" else None
-            outs = [relevance_layer(bind, args[position], args[1 - position], rule, lrp.composite, bounds)]
+            w = args[1 - position]
+            axis = eqn.params["dimension_numbers"].rhs_spec[0] if eqn.primitive.name == "conv_general_dilated" else -1
+            sign = lrp.signs.get(i)
+            outs = [relevance_layer(bind, args[position], w, rule, lrp.composite, bounds, sign, axis)]
         elif eqn.primitive.name == "reduce_window_max" and tiles_input(eqn.params, args[0].shape):
             outs = [tiled_max(args[0], tuple(eqn.params["window_dimensions"]))]
         else:
@@ -265,6 +270,21 @@ class Engine:
         """The LRP composite's rule for every weighted layer of the model."""
         return plan_rules(self.graph.flat, activation_vars(self.graph.flat, self.graph.flat.inputs[-1]))
 
+    def _scale_signs(self, leaves: Sequence[jax.Array], image: jax.Array) -> dict[int, jax.Array]:
+        """For each weighted equation a BatchNorm scales, the sign of its scale per output channel
+        (the scales depend on parameters only)."""
+        plan = self.lrp_plan
+        if not plan.scales:
+            return {}
+        values = evaluate(self.graph, leaves, image, list(plan.scales.values()))
+        signs = {}
+        for (i, _), value in zip(plan.scales.items(), values, strict=True):
+            eqn = self.graph.flat.eqns[i]
+            width = self.graph.flat.shapes[eqn.outputs[0]][-1]
+            if value.size in (1, width):  # one scale, or one per output channel
+                signs[i] = jnp.broadcast_to(jnp.sign(value.reshape(-1)), (width,))
+        return signs
+
     def lrp(
         self,
         variables: Any,
@@ -287,9 +307,10 @@ class Engine:
         (x,) = evaluate(self.graph, leaves, image, [first])
         (low_in,) = evaluate(self.graph, leaves, jnp.broadcast_to(low, image.shape), [first])
         (high_in,) = evaluate(self.graph, leaves, jnp.broadcast_to(high, image.shape), [first])
+        signs = self._scale_signs(leaves, image)
 
         def logit(probe: jax.Array, bound_low: jax.Array, bound_high: jax.Array) -> jax.Array:
-            call = LrpCall(plan, composite, (bound_low, bound_high))
+            call = LrpCall(plan, composite, (bound_low, bound_high), signs)
             (logits,) = evaluate(self.graph, leaves, image, [self._logits_var], {first: probe}, lrp=call)
             return logits[target]
 

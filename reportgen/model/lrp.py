@@ -11,15 +11,17 @@ output. With R_k = z_k g_k this is x_j (w'ᵀ (g · z / d))_j, so each rule is a
 backward pass goes through the modified weights and is scaled by z / d: `relevance_layer`
 returns z in the forward pass and has exactly that backward pass. ReLUs pass relevance where
 they are active, max pooling to the winner, sums and means in proportion: their ordinary
-gradients. Biases are separate inputs that absorb their share; BatchNorm after a convolution is
-folded into it by the same gradient (exact when its scales are positive). Relevance at the input
-is x·g plus the bounds' terms of the z^B rule.
+gradients. Biases are separate inputs that absorb their share. BatchNorm after a convolution is
+folded into it: its shift is a bias, its scale s passes the gradient, and the rules take the
+positive part of each weight as the folded weight s·w sees it (for a channel with s < 0, the
+negative weights), so the relevance equals that of the folded network. Relevance at the input is
+x·g plus the bounds' terms of the z^B rule.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import jax
@@ -48,6 +50,7 @@ class RulePlan:
 
     rules: dict[int, tuple[Rule, int]]  # equation index -> (rule, position of its activation operand)
     first_input: int  # the variable the first weighted layer reads (relevance is taken there)
+    scales: dict[int, int] = field(default_factory=dict)  # equation -> the variable scaling its output (BatchNorm)
 
 
 def plan_rules(flat: FlatJaxpr, active: set[int]) -> RulePlan:
@@ -71,11 +74,41 @@ def plan_rules(flat: FlatJaxpr, active: set[int]) -> RulePlan:
             rules[i] = ("gamma" if eqn.primitive.name == "conv_general_dilated" else "epsilon", position)
     if not rules:
         raise ValueError("LRP needs at least one convolution or dense layer")
-    return RulePlan(rules, first_input)
+    scales = {i: v for i in rules if (v := _scale_after(flat, i, active)) is not None}
+    return RulePlan(rules, first_input, scales)
+
+
+def _scale_after(flat: FlatJaxpr, index: int, active: set[int]) -> int | None:
+    """The parameter-derived variable that multiplies equation `index`'s output after adds and
+    subtractions of parameters only (a bias, BatchNorm's mean): BatchNorm's scale, if it has one."""
+    value = flat.eqns[index].outputs[0]
+    for eqn in flat.eqns[index + 1 :]:
+        if value not in eqn.inputs:
+            continue
+        others = [v for v in eqn.inputs if v != value]
+        if len(others) != 1 or (isinstance(others[0], int) and others[0] in active):
+            return None
+        if eqn.primitive.name == "mul":
+            return others[0] if isinstance(others[0], int) else None
+        if eqn.primitive.name not in ("add", "sub"):
+            return None
+        value = eqn.outputs[0]
+    return None
 
 
 def _stabilised(d: jax.Array, epsilon: float) -> jax.Array:
     return d + epsilon * jnp.where(d >= 0, 1.0, -1.0)
+
+
+def positive_part(w: jax.Array, sign: jax.Array | None, axis: int) -> jax.Array:
+    """The weights that are positive once scaled by the output channels' `sign` (along `axis` of
+    w; None: all +1), zero elsewhere."""
+    if sign is None:
+        return jax.nn.relu(w)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    sign = sign.reshape(shape).astype(w.dtype)
+    return sign * jax.nn.relu(sign * w)
 
 
 def relevance_layer(
@@ -85,18 +118,22 @@ def relevance_layer(
     rule: Rule,
     composite: Composite,
     bounds: tuple[jax.Array, jax.Array] | None = None,
+    sign: jax.Array | None = None,
+    axis: int = -1,
 ) -> jax.Array:
     """`bind(x, w)` in the forward pass; in the backward pass the rule's redistribution (see the
     module docstring). `bounds` (low, high) are the first layer's input bounds for z^B: make them
-    arguments of the differentiated function to get their relevance terms."""
+    arguments of the differentiated function to get their relevance terms. `sign` is the sign of
+    the scale that follows each output channel (BatchNorm), along `axis` of w."""
     z = bind(x, w)
+    positive = positive_part(w, sign, axis)
     if rule == "epsilon":
         d = z
     elif rule == "gamma":
-        d = bind(x, w + composite.gamma * jax.nn.relu(w))
+        d = bind(x, w + composite.gamma * positive)
     else:
         assert bounds is not None
         low, high = bounds
-        d = z - bind(low, jax.nn.relu(w)) - bind(high, jnp.minimum(w, 0))
+        d = z - bind(low, positive) - bind(high, w - positive)
     ratio = jax.lax.stop_gradient(z / _stabilised(d, composite.epsilon))
     return jax.lax.stop_gradient(z) + (d - jax.lax.stop_gradient(d)) * ratio
