@@ -287,7 +287,8 @@ def concept_cards(
             figures.concept_strip(probe.images[images], np.stack([found.maps[i][..., c] for i in images]), crops),
             f"{layer.name} concept {c + 1} on " + ", ".join(probe.names[i] for i in images),
         )
-        mix = ", ".join(f"#{f} ({w:.2f})" for f, w in zip(concept.filters, concept.weights, strict=True) if w >= 0.05)
+        weighted = list(zip(concept.filters, concept.weights, strict=True))
+        mix = ", ".join(f"#{f} ({w:.2f})" for j, (f, w) in enumerate(weighted) if j == 0 or w >= 0.05)
         served = ", ".join(f"{k.name} {k.share:.0%}" for k in concept.classes[:3])
         served = served or "no class (it counts against each)"
         cards.append(ConceptCard(f"Concept {c + 1} · {concept.presence:.0%} of the activation", strip, mix, served))
