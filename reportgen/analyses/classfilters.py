@@ -43,7 +43,7 @@ def path_gradients(
     engine: Engine,
     variables: Any,
     image: jax.Array,
-    baseline: jax.Array,
+    baseline: jax.Array | np.ndarray,
     target: jax.Array,
     layers: Sequence[str],
     steps: int,
@@ -92,7 +92,7 @@ def image_evidence(
     image: jax.Array,
     target: jax.Array,
     layers: Sequence[str],
-    baseline: jax.Array | None = None,
+    baseline: jax.Array | np.ndarray | None = None,
     steps: int = 0,
 ) -> ImageEvidence:
     """The named layers' outputs and gradients of the target's logit at the image; with `steps`,
