@@ -132,7 +132,7 @@ def class_filters(
         return per_example
 
     per_example = _cached(model, ("class_filters", tuple(names), conductance_steps), build)
-    passes = _passes(model, chunk).gradient // (conductance_steps + 1 if conductance_steps else 1)
+    passes = _passes(model, chunk).gradient // (conductance_steps + 1)  # gradient passes per image
     per_image = map_examples(per_example, (model.variables, start), x, wanted, chunk=max(1, passes))
     found = classfilters.aggregate(per_image, names, wanted, model.graph.num_classes)
     return {

@@ -415,7 +415,7 @@ def stage_plans(
         return StagePlan(name, chunk, inner, forward + gradient, seconds, nbytes)
 
     forward_chunk = spread(passes.forward, work.probe_images, passes.workers, devices)
-    path_points = settings.layers.conductance_steps + 1 if settings.layers.conductance_steps else 1
+    path_points = settings.layers.conductance_steps + 1  # gradient passes per probe image (1 without a path)
     evidence_chunk = spread(max(1, passes.gradient // path_points), work.probe_images, passes.workers, devices)
     inner = max(settings.attribution.smoothgrad_samples, 2)
     a_chunk, a_inner = split(passes.gradient, work.attribution_images, inner)

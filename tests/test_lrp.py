@@ -152,3 +152,17 @@ def test_batchnorm_is_relevance_as_if_folded_into_its_convolution(
     np.testing.assert_allclose(
         api.lrp(with_bn, x, targets, gamma=0.5), api.lrp(without, x, targets, gamma=0.5), rtol=1e-3, atol=1e-5
     )
+
+
+def test_a_scale_is_folded_only_into_a_convolution_whose_output_nothing_else_reads(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import tiny_models
+
+    folder = tmp_path_factory.mktemp("skip")
+    counts = {}
+    for name in ("ConvBatchNorm", "ConvSkipBatchNorm"):
+        variables = tiny_models.init_linen(getattr(tiny_models, name)())
+        model = api.load_model(f"{SPEC}:{name}", save(folder / name, variables))
+        counts[name] = len(Engine(model.graph).lrp_plan.scales)
+    assert counts == {"ConvBatchNorm": 2, "ConvSkipBatchNorm": 0}

@@ -230,3 +230,16 @@ class ConvFolded(nn.Module):
         x = nn.relu(nn.Conv(4, (3, 3), name="conv1")(x))
         x = nn.relu(nn.Conv(3, (3, 3), name="conv2")(x))
         return nn.Dense(2, name="out")(x.reshape((x.shape[0], -1)))
+
+
+class ConvSkipBatchNorm(nn.Module):
+    """A convolution whose output goes both through BatchNorm and around it: the scale must not be
+    folded into it."""
+
+    input_shape = (6, 6, 2)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = nn.Conv(4, (3, 3), name="conv1")(x)
+        y = nn.relu(nn.BatchNorm(use_running_average=True, name="bn1")(y)) + y
+        return nn.Dense(2, name="out")(y.reshape((y.shape[0], -1)))

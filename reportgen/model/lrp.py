@@ -20,6 +20,7 @@ x·g plus the bounds' terms of the z^B rule.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -74,17 +75,22 @@ def plan_rules(flat: FlatJaxpr, active: set[int]) -> RulePlan:
             rules[i] = ("gamma" if eqn.primitive.name == "conv_general_dilated" else "epsilon", position)
     if not rules:
         raise ValueError("LRP needs at least one convolution or dense layer")
-    scales = {i: v for i in rules if (v := _scale_after(flat, i, active)) is not None}
+    uses = Counter(v for eqn in flat.eqns for v in eqn.inputs if isinstance(v, int))
+    uses.update(v for v in flat.outputs if isinstance(v, int))
+    scales = {i: v for i in rules if (v := _scale_after(flat, i, active, uses)) is not None}
     return RulePlan(rules, first_input, scales)
 
 
-def _scale_after(flat: FlatJaxpr, index: int, active: set[int]) -> int | None:
+def _scale_after(flat: FlatJaxpr, index: int, active: set[int], uses: Counter[int]) -> int | None:
     """The parameter-derived variable that multiplies equation `index`'s output after adds and
-    subtractions of parameters only (a bias, BatchNorm's mean): BatchNorm's scale, if it has one."""
+    subtractions of parameters only (a bias, BatchNorm's mean): BatchNorm's scale, if it has one
+    and nothing else reads the output on the way (a skip connection would bypass the scale)."""
     value = flat.eqns[index].outputs[0]
     for eqn in flat.eqns[index + 1 :]:
         if value not in eqn.inputs:
             continue
+        if uses[value] != 1:
+            return None
         others = [v for v in eqn.inputs if v != value]
         if len(others) != 1 or (isinstance(others[0], int) and others[0] in active):
             return None
