@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import TextIO
+from typing import Any, TextIO
 
 import jax
 from rich.console import Console
@@ -28,20 +28,15 @@ class PeakMemory:
         self.peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._device = jax.devices()[0]
+        self._process = _this_process()
 
-    @staticmethod
-    def current() -> int:
+    def current(self) -> int:
         """Bytes in use now."""
-        device = jax.devices()[0]
-        stats = device.memory_stats() if device.platform != "cpu" else None
+        stats = self._device.memory_stats() if self._device.platform != "cpu" else None
         if stats and "bytes_in_use" in stats:
             return int(stats["bytes_in_use"])
-        try:
-            import psutil
-
-            return int(psutil.Process().memory_info().rss)
-        except ImportError:  # pragma: no cover - psutil comes with orbax
-            return 0
+        return int(self._process.memory_info().rss) if self._process is not None else 0
 
     def start(self) -> None:
         """Begin sampling, from the current value."""
@@ -61,6 +56,16 @@ class PeakMemory:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, self.current())
+
+
+def _this_process() -> Any:
+    """This process as psutil sees it (made once: sampled every few milliseconds), or None."""
+    try:
+        import psutil
+
+        return psutil.Process()
+    except ImportError:  # pragma: no cover - psutil comes with orbax
+        return None
 
 
 COMPILE_EVENTS = "/jax/core/compile/"
