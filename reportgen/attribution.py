@@ -365,12 +365,14 @@ class MethodRunner:
         steps = self.config.faithfulness_steps
         counts = faithfulness.step_counts(steps, maps.shape[2] * maps.shape[3])
         method, pixels, deleting = faithfulness.curve_points(counts, count)
-        chunk, batch = split(passes.forward, n, len(method))
+        distinct, back = faithfulness.distinct_points(method, pixels, deleting, int(counts[-1]))
+        chunk, batch = split(passes.forward, n, len(distinct))
         values = map_inner(
-            self._curve, (variables,), (images, targets, faithfulness.pixel_ranks(maps)), (method, pixels, deleting),
+            self._curve, (variables,), (images, targets, faithfulness.pixel_ranks(maps)),
+            (method[distinct], pixels[distinct], deleting[distinct]),
             chunk=chunk, inner_batch=batch, combine="concat", progress=advance,
         )  # fmt: skip
-        deletion, insertion = values.reshape(n, 2, count, steps + 1).transpose(1, 0, 2, 3)
+        deletion, insertion = values[:, back].reshape(n, 2, count, steps + 1).transpose(1, 0, 2, 3)
         return deletion, insertion
 
     def road_curves(

@@ -216,3 +216,22 @@ def test_square_masks_are_squares_inside_the_image_from_the_seed() -> None:
         assert 12 // 8 <= side <= 12 // 2
     np.testing.assert_array_equal(masks, infidelity.square_masks(16, 12, count=50, seed=3))
     assert not np.array_equal(masks, infidelity.square_masks(16, 12, count=50, seed=4))
+
+
+def test_curve_ends_are_computed_once_for_every_map() -> None:
+    pixels, methods = 4, 2
+    counts = faithfulness.step_counts(2, pixels)  # 0, 2, 4 pixels
+    method, count, deleting = faithfulness.curve_points(counts, methods)
+    distinct, back = faithfulness.distinct_points(method, count, deleting, pixels)
+    ranks = np.array([[0, 1, 2, 3], [3, 2, 1, 0]])  # two maps ordering four pixels oppositely
+
+    def shown(i: int) -> tuple[str, ...]:
+        """What each pixel shows at point i: the image, the removal value or the blurred start."""
+        changed = ranks[method[i]] < count[i]
+        if deleting[i]:
+            return tuple("removed" if c else "image" for c in changed)
+        return tuple("image" if c else "start" for c in changed)
+
+    points = len(method)
+    assert [shown(int(distinct[back[i]])) for i in range(points)] == [shown(i) for i in range(points)]
+    assert len({shown(int(i)) for i in distinct}) == len(distinct) == 7  # 3 shared ends, 2 maps x 2 middles

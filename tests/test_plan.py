@@ -17,6 +17,7 @@ import tiny_models
 from conftest import SPEC, save
 
 from reportgen import api, compute, plan
+from reportgen.analyses import faithfulness
 from reportgen.config import Settings
 from reportgen.errors import UserError
 from reportgen.model.load import LoadedModel
@@ -174,6 +175,15 @@ def test_faithfulness_curves_are_independent_of_the_pass_budget(tmp_path: Path) 
     probs = np.asarray(jax.nn.softmax(api.predict(model, x), axis=-1))[np.arange(3), targets]
     np.testing.assert_allclose(deletion[:, :, 0], probs[:, None].repeat(2, 1), rtol=1e-5)
     np.testing.assert_allclose(insertion[:, :, -1], probs[:, None].repeat(2, 1), rtol=1e-5)
+    # Inside the curves, by hand: the 14 most important pixels of the second map (of 36; point 2 of 5
+    # steps) set to black, or revealed on the blurred image.
+    from reportgen.analyses.saliency import blur
+
+    top = (faithfulness.pixel_ranks(maps[:, 1]) < 14)[..., None]
+    blurred = np.stack([np.asarray(blur(jnp.asarray(image), sigma=6 / 4)) for image in x])
+    for curve, edited in ((deletion, np.where(top, 0.0, x)), (insertion, np.where(top, x, blurred))):
+        expected = np.asarray(jax.nn.softmax(api.predict(model, edited.astype(np.float32)), axis=-1))
+        np.testing.assert_allclose(curve[:, 1, 2], expected[np.arange(3), targets], rtol=1e-5)
 
 
 def test_api_compiles_once_and_does_not_keep_models_alive(tmp_path: Path) -> None:
@@ -208,12 +218,34 @@ def test_progress_writes_one_line_per_stage_with_the_time_left() -> None:
 
 
 def test_layers_share_a_visualisation_program_only_when_that_is_faster() -> None:
-    # 4 filters each; 1 s per FLOP of a filter's optimisation; a compilation costs 10 s.
+    # 4 filters each; a filter's optimisation takes 1 s in layer a, 100 s in b; a compilation 10 s.
     # Shallow then deep: 4·1 + 10 and 4·100 + 10 alone, 8·100 + 10 together -> apart.
-    assert plan.vis_groups({"a": 4, "b": 4}, {"a": 1, "b": 100}, 1.0, 10.0) == [("a",), ("b",)]
+    assert plan.vis_groups({"a": 4, "b": 4}, {"a": 1, "b": 100}, 10.0) == [("a",), ("b",)]
     # Similar depths: 14 + 18 alone against 8·2 + 10 = 26 together -> one program.
-    assert plan.vis_groups({"a": 4, "b": 4}, {"a": 1, "b": 2}, 1.0, 10.0) == [("a", "b")]
+    assert plan.vis_groups({"a": 4, "b": 4}, {"a": 1, "b": 2}, 10.0) == [("a", "b")]
     # Free compilation never merges; a third layer joins only the group just before it.
-    assert plan.vis_groups({"a": 1, "b": 1}, {"a": 1, "b": 2}, 1.0, 0.0) == [("a",), ("b",)]
-    three = plan.vis_groups({"a": 4, "b": 4, "c": 1}, {"a": 1, "b": 100, "c": 101}, 1.0, 10.0)
+    assert plan.vis_groups({"a": 1, "b": 1}, {"a": 1, "b": 2}, 0.0) == [("a",), ("b",)]
+    three = plan.vis_groups({"a": 4, "b": 4, "c": 1}, {"a": 1, "b": 100, "c": 101}, 10.0)
     assert three == [("a",), ("b", "c")]
+
+
+def test_visualisation_speed_is_interpolated_on_a_log_scale_of_depth() -> None:
+    cost = plan.ModelCost(
+        forward_flops=1000,
+        activation_bytes=1,
+        layer_flops={"a": 10, "b": 100, "shallower": 5},
+        layer_bytes={},
+        widest_layer="a",
+    )
+    measured = plan.Throughput(1.0, 1.0, visualisation=100.0, compile_seconds=0.0, shallow={"a": 10.0})
+    # log10 FLOPs: a at 1 (10 FLOP/s measured), the whole model at 3 (100): b at 2 lies halfway.
+    assert measured.visualisation_at(cost, "b") == pytest.approx(55.0)
+    assert measured.visualisation_at(cost, "a") == pytest.approx(10.0)
+    assert measured.visualisation_at(cost, "shallower") == pytest.approx(10.0)  # no extrapolation
+    assert measured.visualisation_at(cost) == 100.0
+    unmeasured = plan.Throughput(1.0, 1.0, visualisation=100.0, compile_seconds=0.0)
+    assert unmeasured.visualisation_at(cost, "a") == 100.0
+    # The shallowest layer, and the one nearest halfway (log scale) between it and the whole model.
+    assert plan.speed_probes(cost, ["b", "a"]) == ["a", "b"]
+    assert plan.speed_probes(cost, ["a"]) == ["a"]
+    assert plan.speed_probes(cost, []) == []

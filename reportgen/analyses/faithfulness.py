@@ -80,6 +80,27 @@ def curve_points(counts: np.ndarray, methods: int) -> tuple[np.ndarray, np.ndarr
     return method, count, first
 
 
+def distinct_points(
+    method: np.ndarray, count: np.ndarray, deleting: np.ndarray, pixels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the distinct points, index of each point among them) of deletion and insertion
+    curve points (`curve_points`). The ends of every curve show the same image whatever the map:
+    the image itself (nothing deleted, everything inserted), the fully removed one and the fully
+    blurred start, so three passes serve the 4 x methods ends."""
+    ends = (count == 0) | (count == pixels)
+    shows_image = np.where(deleting, count == 0, count == pixels)
+    key = np.stack(
+        [
+            np.where(ends, -1, method),
+            np.where(shows_image, 0, count),
+            np.where(shows_image, 1, deleting.astype(np.int64)),
+        ],
+        axis=1,
+    )
+    _, first, back = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    return first, back.reshape(-1)
+
+
 def point_probabilities(
     engine: Engine,
     variables: Any,
