@@ -17,7 +17,6 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -135,51 +134,15 @@ class Throughput:
     gradient: float  # FLOP/s of batched forward + input-gradient passes (counted as 2 forward passes)
     visualisation: float  # FLOP/s of the same passes at feature visualisation's (smaller) batch
     compile_seconds: float  # one gradient program's compilation (a load, when the cache has it)
-    shallow: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    """FLOP/s of gradient passes of the model cut at these layers, at their visualisation batch."""
-
-    def visualisation_at(self, cost: ModelCost, layer: str | None = None) -> float:
-        """FLOP/s of feature visualisation evaluating the model up to `layer` (None: all of it):
-        interpolated, on a log scale of the FLOPs up to the layer, between the speeds measured at
-        shallow layers and that of the whole model. Near the input a pass is dominated by work the
-        FLOP count misses (wide elementwise layers, pooling and strided gradients), so a shallow
-        layer's filters run several times slower per FLOP than the whole model (a ResNet-18's
-        first block at a fifth of the speed)."""
-        if layer is None or not self.shallow:
-            return self.visualisation
-        points = sorted(
-            [(math.log(cost.layer_flops[name]), rate) for name, rate in self.shallow.items()]
-            + [(math.log(cost.forward_flops), self.visualisation)]
-        )
-        return float(np.interp(math.log(cost.layer_flops[layer]), *zip(*points, strict=True)))
-
-
-def speed_probes(cost: ModelCost, layers: Sequence[str]) -> list[str]:
-    """The visualised layers whose speed is measured: the shallowest, and the one nearest (on a
-    log scale of FLOPs) halfway between it and the whole model, if different."""
-    if not layers:
-        return []
-    first = min(layers, key=lambda name: cost.layer_flops[name])
-    middle_flops = math.sqrt(cost.layer_flops[first] * cost.forward_flops)
-    middle = min(layers, key=lambda name: abs(math.log(cost.layer_flops[name] / middle_flops)))
-    return [first] if middle == first else [first, middle]
 
 
 def measure_throughput(
-    logits: Any,
-    variables: Any,
-    input_shape: tuple[int, ...],
-    cost: ModelCost,
-    passes: Budget,
-    layer_output: Callable[[Any, jax.Array, str], jax.Array] | None = None,
-    probes: Sequence[str] = (),
+    logits: Any, variables: Any, input_shape: tuple[int, ...], cost: ModelCost, passes: Budget
 ) -> Throughput:
     """The model's jit+vmap'd forward pass and input gradient, each at the batch the stages use,
     run from `passes.workers` host threads at once (as the stages run), measured now. Gradient
     passes are often much slower per FLOP than forward passes (on a CPU a deep network's
-    gradient batch of one runs at a third of the forward speed), so the plan times them apart.
-    With `layer_output(variables, image, layer)`, the gradient of the model cut at each of
-    `probes` is timed too (`Throughput.visualisation_at`)."""
+    gradient batch of one runs at a third of the forward speed), so the plan times them apart."""
     platform = jax.devices()[0].platform
     forward_batch = int(np.clip(saturation(platform, "forward") / cost.forward_flops, 1, 256))
     forward = jax.jit(jax.vmap(logits, in_axes=(None, 0)))
@@ -191,18 +154,8 @@ def measure_throughput(
     if (vis_batch := passes.visualisation_at(cost)) != passes.gradient:
         examples, seconds, _ = _time(gradient, variables, input_shape, vis_batch, passes.workers)
         visualisation_flops = examples * 2 * cost.forward_flops / seconds
-    shallow = {}
-    for layer in probes if layer_output is not None else ():
-        cut = jax.jit(
-            jax.vmap(jax.grad(lambda v, x, name=layer: layer_output(v, x, name).mean(), argnums=1), in_axes=(None, 0))
-        )
-        batch = passes.visualisation_at(cost, layer)
-        examples, seconds, _ = _time(cut, variables, input_shape, batch, passes.workers)
-        shallow[layer] = examples * 2 * cost.layer_flops[layer] / seconds
     examples, seconds, _ = _time(forward, variables, input_shape, forward_batch, passes.workers)
-    return Throughput(
-        examples * cost.forward_flops / seconds, gradient_flops, visualisation_flops, compile_seconds, shallow
-    )
+    return Throughput(examples * cost.forward_flops / seconds, gradient_flops, visualisation_flops, compile_seconds)
 
 
 def _time(run: Any, variables: Any, input_shape: tuple[int, ...], batch: int, streams: int) -> tuple[int, float, float]:
@@ -526,26 +479,16 @@ def stage_plans(
     vis = settings.visualisation
     per_filter = vis.images_per_filter
     flops_per_filter = vis.steps * per_filter * 2
+    per_flop = flops_per_filter / throughput.visualisation
     vis_compile = VISUALISATION_PROGRAMS * compile_seconds
-    filter_seconds = {
-        layer: flops_per_filter * cost.layer_flops[layer] / throughput.visualisation_at(cost, layer)
-        for layer in work.vis_filters
-    }
-    for layers in vis_groups(work.vis_filters, filter_seconds, vis_compile):
+    for layers in vis_groups(work.vis_filters, cost.layer_flops, per_flop, vis_compile):
         deepest = layers[-1]
         filters = sum(work.vis_filters[layer] for layer in layers)
         chunk = spread(passes.visualisation_at(cost, deepest) // per_filter, filters, passes.workers, devices)
         flops = filters * flops_per_filter * cost.layer_flops[deepest]
         nbytes = chunk * per_filter * int(GRADIENT_MEMORY * cost.layer_bytes[deepest])
         plan = stage(
-            vis_stage_name(layers),
-            chunk,
-            0,
-            0,
-            flops,
-            nbytes,
-            VISUALISATION_PROGRAMS,
-            throughput.visualisation_at(cost, deepest),
+            vis_stage_name(layers), chunk, 0, 0, flops, nbytes, VISUALISATION_PROGRAMS, throughput.visualisation
         )
         stages.append(dataclasses.replace(plan, layers=layers))
     class_chunk = spread(passes.visualisation_at(cost) // per_filter, work.classes, passes.workers, devices)
@@ -571,19 +514,19 @@ def stage_plans(
 
 
 def vis_groups(
-    filters: dict[str, int], filter_seconds: dict[str, float], compile_seconds: float
+    filters: dict[str, int], depth_flops: dict[str, int], seconds_per_flop: float, compile_seconds: float
 ) -> list[tuple[str, ...]]:
     """Consecutive conv layers (in depth order) whose filters are visualised by one program.
 
-    A group evaluates the model up to its deepest layer for every filter in it
-    (`filter_seconds[layer]`: one filter's visualisation up to that layer): merging layers spends
-    time to save a compilation (seconds each on a CPU, minutes in all on a deep network with few
-    filters per layer). A layer joins the group before it when the estimate says that is faster.
+    A group evaluates the model up to its deepest layer for every filter in it: merging layers
+    spends FLOPs to save a compilation (seconds each on a CPU, minutes in all on a deep network
+    with few filters per layer). A layer joins the group before it when the estimate says that is
+    faster.
     """
 
     def seconds(group: tuple[str, ...]) -> float:
-        deepest = max(filter_seconds[layer] for layer in group)
-        return sum(filters[layer] for layer in group) * deepest + compile_seconds
+        deepest = max(depth_flops[layer] for layer in group)
+        return sum(filters[layer] for layer in group) * deepest * seconds_per_flop + compile_seconds
 
     groups: list[tuple[str, ...]] = []
     for layer in filters:

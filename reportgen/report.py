@@ -94,23 +94,15 @@ def _plan(settings: Settings, model: LoadedModel, engine: Engine, probe: ProbeSe
     cost = plan.model_cost(graph)
     platform, _, free = plan.free_memory()
     passes = plan.budget(cost, settings.memory_budget, platform, free, workers())
+    throughput = plan.measure_throughput(engine.logits, model.variables, model.input_shape, cost, passes)
+    n = len(probe.names)
+    shown = len(display_indices(probe.labels, max(settings.layers.activation_images, settings.layers.channel_images)))
     vis = {
         name: min(
             settings.visualisation.filters or graph.layer(name).output_shape[-1], graph.layer(name).output_shape[-1]
         )
         for name in visualisation.visualised_layers(model)
     }
-    throughput = plan.measure_throughput(
-        engine.logits,
-        model.variables,
-        model.input_shape,
-        cost,
-        passes,
-        lambda variables, image, layer: engine.layer_outputs(variables, image, [layer])[layer],
-        plan.speed_probes(cost, list(vis)),
-    )
-    n = len(probe.names)
-    shown = len(display_indices(probe.labels, max(settings.layers.activation_images, settings.layers.channel_images)))
     explained = len(display_indices(probe.labels, settings.attribution.images))
     stages = sum(1 for layer in graph.layers if layer.param_paths)
     work = plan.Workload(

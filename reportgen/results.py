@@ -359,7 +359,6 @@ class PlanRecord:
     stages: tuple[PlanStage, ...]
     gradient_gflops_per_second: float | None = None  # absent from reports written before it was measured
     visualisation_gflops_per_second: float | None = None  # gradient passes at feature visualisation's batch
-    shallow_gflops_per_second: dict[str, float] | None = None  # the same, of the model cut at these layers
 
 
 @dataclass(frozen=True)

@@ -218,34 +218,12 @@ def test_progress_writes_one_line_per_stage_with_the_time_left() -> None:
 
 
 def test_layers_share_a_visualisation_program_only_when_that_is_faster() -> None:
-    # 4 filters each; a filter's optimisation takes 1 s in layer a, 100 s in b; a compilation 10 s.
+    # 4 filters each; 1 s per FLOP of a filter's optimisation; a compilation costs 10 s.
     # Shallow then deep: 4·1 + 10 and 4·100 + 10 alone, 8·100 + 10 together -> apart.
-    assert plan.vis_groups({"a": 4, "b": 4}, {"a": 1, "b": 100}, 10.0) == [("a",), ("b",)]
+    assert plan.vis_groups({"a": 4, "b": 4}, {"a": 1, "b": 100}, 1.0, 10.0) == [("a",), ("b",)]
     # Similar depths: 14 + 18 alone against 8·2 + 10 = 26 together -> one program.
-    assert plan.vis_groups({"a": 4, "b": 4}, {"a": 1, "b": 2}, 10.0) == [("a", "b")]
+    assert plan.vis_groups({"a": 4, "b": 4}, {"a": 1, "b": 2}, 1.0, 10.0) == [("a", "b")]
     # Free compilation never merges; a third layer joins only the group just before it.
-    assert plan.vis_groups({"a": 1, "b": 1}, {"a": 1, "b": 2}, 0.0) == [("a",), ("b",)]
-    three = plan.vis_groups({"a": 4, "b": 4, "c": 1}, {"a": 1, "b": 100, "c": 101}, 10.0)
+    assert plan.vis_groups({"a": 1, "b": 1}, {"a": 1, "b": 2}, 1.0, 0.0) == [("a",), ("b",)]
+    three = plan.vis_groups({"a": 4, "b": 4, "c": 1}, {"a": 1, "b": 100, "c": 101}, 1.0, 10.0)
     assert three == [("a",), ("b", "c")]
-
-
-def test_visualisation_speed_is_interpolated_on_a_log_scale_of_depth() -> None:
-    cost = plan.ModelCost(
-        forward_flops=1000,
-        activation_bytes=1,
-        layer_flops={"a": 10, "b": 100, "shallower": 5},
-        layer_bytes={},
-        widest_layer="a",
-    )
-    measured = plan.Throughput(1.0, 1.0, visualisation=100.0, compile_seconds=0.0, shallow={"a": 10.0})
-    # log10 FLOPs: a at 1 (10 FLOP/s measured), the whole model at 3 (100): b at 2 lies halfway.
-    assert measured.visualisation_at(cost, "b") == pytest.approx(55.0)
-    assert measured.visualisation_at(cost, "a") == pytest.approx(10.0)
-    assert measured.visualisation_at(cost, "shallower") == pytest.approx(10.0)  # no extrapolation
-    assert measured.visualisation_at(cost) == 100.0
-    unmeasured = plan.Throughput(1.0, 1.0, visualisation=100.0, compile_seconds=0.0)
-    assert unmeasured.visualisation_at(cost, "a") == 100.0
-    # The shallowest layer, and the one nearest halfway (log scale) between it and the whole model.
-    assert plan.speed_probes(cost, ["b", "a"]) == ["a", "b"]
-    assert plan.speed_probes(cost, ["a"]) == ["a"]
-    assert plan.speed_probes(cost, []) == []
