@@ -28,11 +28,13 @@ class PeakMemory:
         self.peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._device = jax.devices()[0]
-        self._process = _this_process()
+        self._device: Any = None  # found at the first reading: making one starts no backend
+        self._process: Any = None
 
     def current(self) -> int:
         """Bytes in use now."""
+        if self._device is None:
+            self._device, self._process = jax.devices()[0], _this_process()
         stats = self._device.memory_stats() if self._device.platform != "cpu" else None
         if stats and "bytes_in_use" in stats:
             return int(stats["bytes_in_use"])
