@@ -7,7 +7,9 @@ off, so user text such as `$x$` in a class name is drawn literally.
 
 from __future__ import annotations
 
+import functools
 import io
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from PIL import Image
 
+PAGE_PIXELS = 2176
+"""Device pixels across the report's widest figure column (72rem less padding at 2x density): a
+wider figure is shown scaled down, so pixels beyond this are never seen."""
+
 CHART_RC: Any = {"text.parse_math": False, "font.size": 9, "axes.titlesize": 10, "svg.hashsalt": "reportgen"}
 
 
@@ -31,12 +37,17 @@ def finite(values: np.ndarray) -> np.ndarray:
     return np.nan_to_num(np.asarray(values, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def to_uint8(rgb: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] as uint8 (NaN as 0, values clipped); uint8 passes through."""
+    if rgb.dtype == np.uint8:
+        return rgb
+    return (np.clip(np.nan_to_num(rgb), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
 def png(rgb: np.ndarray) -> bytes:
     """Encode an (H, W, 3) float image in [0, 1] or uint8 image as PNG."""
-    if rgb.dtype != np.uint8:
-        rgb = (np.clip(np.nan_to_num(rgb), 0, 1) * 255 + 0.5).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=6)
+    Image.fromarray(to_uint8(rgb)).save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()
 
 
@@ -45,19 +56,35 @@ def to_rgb(images: np.ndarray) -> np.ndarray:
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images[..., :3]
 
 
+def enlarge(tiles: np.ndarray, zoom: int) -> np.ndarray:
+    """(N, h, w, 3) tiles with every pixel repeated `zoom` times along both sides."""
+    return tiles.repeat(zoom, axis=1).repeat(zoom, axis=2) if zoom > 1 else tiles
+
+
+def canvas(rows: int, columns: int, h: int, w: int, gap: int, background: float, dtype: Any) -> np.ndarray:
+    """A blank image for rows x columns tiles of h x w pixels with `gap` pixels between them, in
+    `dtype` (the background, given in [0, 1], scaled to 255 for uint8)."""
+    fill = round(background * 255) if dtype == np.uint8 else background
+    return np.full((rows * (h + gap) - gap, columns * (w + gap) - gap, 3), fill, dtype)
+
+
+def paste(board: np.ndarray, tile: np.ndarray, row: int, column: int, gap: int) -> None:
+    """Copy an (h, w, 3) tile into cell (row, column) of a `canvas`."""
+    h, w, _ = tile.shape
+    board[row * (h + gap) : row * (h + gap) + h, column * (w + gap) : column * (w + gap) + w] = tile
+
+
 def grid(tiles: np.ndarray, columns: int, zoom: int = 1, gap: int = 1, background: float = 1.0) -> np.ndarray:
-    """Arrange (N, h, w, 3) tiles row by row, each enlarged `zoom` times, with `gap` pixels between."""
+    """Arrange (N, h, w, 3) tiles row by row, each enlarged `zoom` times, with `gap` pixels between,
+    in the tiles' dtype (float in [0, 1] or uint8)."""
+    tiles = enlarge(tiles, zoom)
     n, h, w, _ = tiles.shape
-    if zoom > 1:
-        tiles = tiles.repeat(zoom, axis=1).repeat(zoom, axis=2)
-        h, w = h * zoom, w * zoom
     columns = max(1, min(columns, n))
-    rows = -(-n // columns)
-    canvas = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap, 3), background, np.float32)
+    dtype = np.uint8 if tiles.dtype == np.uint8 else np.float32
+    board = canvas(-(-n // columns), columns, h, w, gap, background, dtype)
     for i in range(n):
-        r, c = divmod(i, columns)
-        canvas[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = tiles[i]
-    return canvas
+        paste(board, tiles[i], *divmod(i, columns), gap)
+    return board
 
 
 def zoom_for(side: int, target: int = 64) -> int:
@@ -65,13 +92,21 @@ def zoom_for(side: int, target: int = 64) -> int:
     return max(1, round(target / max(side, 1)))
 
 
+@functools.cache
+def _palette(cmap: str) -> np.ndarray:
+    """The colormap's 256 colours as uint8 RGB."""
+    return to_uint8(colormaps[cmap](np.arange(256))[:, :3].astype(np.float32))
+
+
 def colorize(maps: np.ndarray, cmap: str = "viridis") -> np.ndarray:
-    """(N, h, w) maps -> (N, h, w, 3), each scaled to its own maximum (0 stays the darkest colour)."""
+    """(N, h, w) maps -> (N, h, w, 3) uint8, each scaled to its own maximum (0 stays the darkest
+    colour). Looks the colours up in a 256-entry palette, binned as matplotlib bins a float in [0, 1]
+    (so the pixels are those of the float colormap), at a quarter of the memory of float RGB."""
     maps = finite(maps)
     low = np.minimum(maps.min(axis=(1, 2), keepdims=True), 0)
     high = maps.max(axis=(1, 2), keepdims=True)
     scaled = (maps - low) / np.where(high > low, high - low, 1)
-    return colormaps[cmap](scaled)[..., :3].astype(np.float32)
+    return _palette(cmap)[np.minimum((scaled * 256).astype(np.int32), 255)]
 
 
 def channel_grid(activation: np.ndarray, columns: int = 16) -> bytes:
@@ -81,12 +116,21 @@ def channel_grid(activation: np.ndarray, columns: int = 16) -> bytes:
 
 
 def channel_across_images(activations: np.ndarray, images: np.ndarray, channels: Sequence[int]) -> bytes:
-    """Rows: the probe images, then each chosen channel's map on each image (N, h, w, C)."""
+    """Rows: the probe images, then each chosen channel's map on each image (N, h, w, C). Drawn one
+    row at a time into a uint8 canvas: with every channel of a deep layer the figure is tens of
+    thousands of pixels tall. Maps are enlarged to about 48 pixels, less where the row of images
+    would be wider than the page."""
     n, h, w, _ = activations.shape
-    zoom = zoom_for(h, 48)
-    first = _resize_nearest(to_rgb(images), h * zoom, w * zoom)
-    rows = [first] + [colorize(activations[..., c]).repeat(zoom, axis=1).repeat(zoom, axis=2) for c in channels]
-    return png(grid(np.concatenate(rows), n, 1))
+    zoom = max(1, min(zoom_for(h, 48), (PAGE_PIXELS // n - 1) // w))
+    board = canvas(1 + len(channels), n, h * zoom, w * zoom, 1, 1.0, np.uint8)
+    rows = itertools.chain(
+        [to_uint8(_resize_nearest(to_rgb(images), h * zoom, w * zoom))],
+        (enlarge(colorize(activations[..., c]), zoom) for c in channels),
+    )
+    for r, tiles in enumerate(rows):
+        for column, tile in enumerate(tiles):
+            paste(board, tile, r, column, 1)
+    return png(board)
 
 
 def _resize_nearest(images: np.ndarray, h: int, w: int) -> np.ndarray:
