@@ -44,10 +44,17 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
     return (np.clip(np.nan_to_num(rgb), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def png(rgb: np.ndarray) -> bytes:
-    """Encode an (H, W, 3) float image in [0, 1] or uint8 image as PNG."""
+Z_RLE = 3
+"""zlib's run-length strategy. It deflates the blocky, colormapped activation figures two to
+five times faster than the default strategy, for files about 15 % larger (ResNet-18, every channel
+on every probe image); on photographs and overlays it gives files up to three times larger."""
+
+
+def png(rgb: np.ndarray, runs: bool = False) -> bytes:
+    """Encode an (H, W, 3) float image in [0, 1] or uint8 image as PNG; `runs`: with `Z_RLE`."""
+    strategy = {"compress_type": Z_RLE} if runs else {}
     buffer = io.BytesIO()
-    Image.fromarray(to_uint8(rgb)).save(buffer, format="PNG", compress_level=6)
+    Image.fromarray(to_uint8(rgb)).save(buffer, format="PNG", compress_level=6, **strategy)
     return buffer.getvalue()
 
 
@@ -112,7 +119,7 @@ def colorize(maps: np.ndarray, cmap: str = "viridis") -> np.ndarray:
 def channel_grid(activation: np.ndarray, columns: int = 16) -> bytes:
     """All channels of one example's (h, w, C) activation as a grid of heatmaps."""
     maps = np.moveaxis(activation, -1, 0)
-    return png(grid(colorize(maps), columns, zoom_for(maps.shape[1], 48)))
+    return png(grid(colorize(maps), columns, zoom_for(maps.shape[1], 48)), runs=True)
 
 
 def channel_across_images(activations: np.ndarray, images: np.ndarray, channels: Sequence[int]) -> bytes:
@@ -130,7 +137,7 @@ def channel_across_images(activations: np.ndarray, images: np.ndarray, channels:
     for r, tiles in enumerate(rows):
         for column, tile in enumerate(tiles):
             paste(board, tile, r, column, 1)
-    return png(board)
+    return png(board, runs=True)
 
 
 def _resize_nearest(images: np.ndarray, h: int, w: int) -> np.ndarray:

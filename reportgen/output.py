@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from reportgen.errors import UserError
 
 MARKER = ".reportgen.json"
+
+Content = bytes | str | Iterator[bytes]
+"""A file's content: bytes, text (written as UTF-8), or chunks of bytes written as they come."""
 
 
 def _written_by_us(folder: Path, kind: str) -> tuple[bool, list[str]]:
@@ -84,7 +87,7 @@ def check_out(out: Path, kind: str) -> None:
         raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a writable folder") from e
 
 
-def write_folder(out: Path, kind: str, files: Mapping[str, bytes | str], schema_version: int) -> None:
+def write_folder(out: Path, kind: str, files: Mapping[str, Content], schema_version: int) -> None:
     """Write `files` (relative path -> content) and the marker (with the schema version of the
     JSON it holds) as the folder `out`, replacing it atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -99,8 +102,11 @@ def write_folder(out: Path, kind: str, files: Mapping[str, bytes | str], schema_
             path.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(content, str):
                 path.write_text(content, encoding="utf-8")
-            else:
+            elif isinstance(content, bytes):
                 path.write_bytes(content)
+            else:
+                with path.open("wb") as stream:
+                    stream.writelines(content)
         if out.exists():
             out.rename(old)
         tmp.rename(out)

@@ -26,6 +26,7 @@ from reportgen.compute import enable_compilation_cache, map_examples, workers
 from reportgen.config import Settings
 from reportgen.data import ProbeSet, check_preprocess, read_classes, read_probe, to_model
 from reportgen.errors import UserError
+from reportgen.figurestore import FigureStore
 from reportgen.model.engine import Engine
 from reportgen.model.graph import Layer
 from reportgen.model.load import LoadedModel, leaf_paths, load_model
@@ -392,45 +393,46 @@ def build(
     result = result.with_findings(findings.of(result))
 
     progress.start("figures", len(layers) + 3)
-    store = sections.FigureStore(settings.external_figures)
-    shown_probe = sections.Shown(probe.images[shown], [probe.names[i] for i in shown])
-    layer_views = []
-    for i, layer in enumerate(layers):
-        layer_views.append(
-            sections.layer_view(
-                i,
-                layer,
-                result.layers[i],
-                layer_stats[layer.name],
-                kernel_of(parameters, layer) if layer.kind == "conv" else None,
-                maps,
-                shown_probe,
-                settings,
-                store,
-                attributed,
-                vis_by_layer.get(layer.name),
-                probe,
-                result.findings,
-                layer_concepts.get(layer.name),
+    with FigureStore(settings.external_figures) as store:
+        shown_probe = sections.Shown(probe.images[shown], [probe.names[i] for i in shown])
+        layer_views = []
+        for i, layer in enumerate(layers):
+            layer_views.append(
+                sections.layer_view(
+                    i,
+                    layer,
+                    result.layers[i],
+                    layer_stats[layer.name],
+                    kernel_of(parameters, layer) if layer.kind == "conv" else None,
+                    maps,
+                    shown_probe,
+                    settings,
+                    store,
+                    attributed,
+                    vis_by_layer.get(layer.name),
+                    probe,
+                    result.findings,
+                    layer_concepts.get(layer.name),
+                )
             )
+            progress.advance()
+        predictions_section = sections.predictions_section(probe, pred, classes, store)
+        progress.advance()
+        attribution_section = sections.attribution_view(attributed, result.attribution, probe, classes, settings, store)
+        progress.advance()
+        class_section = sections.class_cards(class_vis, probe, pred, classes, store)
+        evidence_section = sections.evidence_section(
+            result.class_evidence,
+            evidence,
+            layers,
+            {layer.name: layer.section for layer in result.layers},
+            stats,
+            evidence_targets,
+            probe,
+            store,
         )
         progress.advance()
-    predictions_section = sections.predictions_section(probe, pred, classes, store)
-    progress.advance()
-    attribution_section = sections.attribution_view(attributed, result.attribution, probe, classes, settings, store)
-    progress.advance()
-    class_section = sections.class_cards(class_vis, probe, pred, classes, store)
-    evidence_section = sections.evidence_section(
-        result.class_evidence,
-        evidence,
-        layers,
-        {layer.name: layer.section for layer in result.layers},
-        stats,
-        evidence_targets,
-        probe,
-        store,
-    )
-    progress.advance()
+        drawn = store.files()
     progress.finish()
 
     reproducible = "SOURCE_DATE_EPOCH" in os.environ
@@ -445,18 +447,18 @@ def build(
         settings, result, layer_views, predictions_section, attribution_section, class_section, evidence_section
     )
     progress.start("write report")
-    html = render(view)
+    html_bytes, html = store.page(render(view))
     warnings = list(probe.warnings)
-    if not settings.external_figures and len(html) > settings.size_budget_mb * 1e6:
+    if not settings.external_figures and html_bytes > settings.size_budget_mb * 1e6:
         warnings.append(
-            f"report.html is {len(html) / 1e6:.1f} MB, over the {settings.size_budget_mb:g} MB budget;"
+            f"report.html is {html_bytes / 1e6:.1f} MB, over the {settings.size_budget_mb:g} MB budget;"
             " set external_figures = true to link figures/*.png instead of embedding them"
         )
-    files: dict[str, bytes | str] = {f"figures/{name}": blob for name, blob in store.files.items()}
+    files: dict[str, output.Content] = {f"figures/{name}": blob for name, blob in drawn.items()}
     files |= {"report.json": results.dumps(result), "summary.md": summary.report_markdown(result), "report.html": html}
     output.write_folder(out, "report", files, results.SCHEMA_VERSION)
     progress.finish()
-    return BuildResult(out, len(html), len(store.files), layers, result, tuple(warnings))
+    return BuildResult(out, html_bytes, len(drawn), layers, result, tuple(warnings))
 
 
 # ---------------------------------------------------------------------------------------------

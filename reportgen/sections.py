@@ -1,15 +1,15 @@
 """Report data -> view models: the figures, captions and strings each section of the report shows.
 
-Figures are encoded here (through `figures`) and kept in a `FigureStore`, which decides whether the
-HTML embeds them as data URIs or links the files written beside it.
+Figures are drawn here (through `figures`) and kept in a `FigureStore`: images drawn with numpy are
+handed over as functions for its worker threads, matplotlib charts as PNG bytes.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -17,6 +17,7 @@ import numpy as np
 from reportgen import figures, results
 from reportgen.analyses import catalogue, patches
 from reportgen.analyses.classfilters import class_order, filter_order
+from reportgen.figurestore import FigureStore
 from reportgen.views import (
     CSP,
     CSP_EXTERNAL,
@@ -99,27 +100,6 @@ class ClassSection(NamedTuple):
     note: str
 
 
-class FigureStore:
-    """PNG bytes by file name, and the src each is shown with (data URI or relative path)."""
-
-    def __init__(self, external: bool) -> None:
-        self.external = external
-        self.files: dict[str, bytes] = {}
-
-    def add(self, name: str, data: bytes, alt: str, caption: str = "") -> FigureView:
-        """Keep a figure and return its view."""
-        if name in self.files:
-            raise ValueError(f"duplicate figure name {name}")
-        self.files[name] = data
-        return self.view(name, alt, caption)
-
-    def view(self, name: str, alt: str, caption: str = "") -> FigureView:
-        """A view of a figure already kept, to show it again."""
-        data = self.files[name]
-        src = f"figures/{name}" if self.external else "data:image/png;base64," + base64.b64encode(data).decode()
-        return FigureView(src, alt, caption)
-
-
 def figure_prefix(index: int, name: str) -> str:
     """The start of the file names of the figures about the layer at `index`."""
     return f"{index + 1:02d}-{slug(name)}"
@@ -177,7 +157,10 @@ def layer_view(
         )
         figs.append(
             store.add(
-                f"{prefix}-filters.png", figures.filter_grid(kernel), f"{layer.name} filters", f"Filters {colour}."
+                f"{prefix}-filters.png",
+                partial(figures.filter_grid, kernel),
+                f"{layer.name} filters",
+                f"Filters {colour}.",
             )
         )
         figs.append(
@@ -190,7 +173,7 @@ def layer_view(
             figs.append(
                 store.add(
                     f"{prefix}-channels-{j + 1}.png",
-                    figures.channel_grid(layer_maps[j]),
+                    partial(figures.channel_grid, layer_maps[j]),
                     f"{layer.name}, all {channels} channels on {shown.names[j]}",
                     f"All {channels} channels on {shown.names[j]} (each map scaled to its own maximum).",
                 )
@@ -201,7 +184,7 @@ def layer_view(
         figs.append(
             store.add(
                 f"{prefix}-across-images.png",
-                figures.channel_across_images(layer_maps[:n_across], shown.images[:n_across], picked),
+                partial(figures.channel_across_images, layer_maps[:n_across], shown.images[:n_across], picked),
                 f"{layer.name} channels across probe images",
                 "First row: probe images. Each further row: one channel across them — the "
                 f"{len(picked)} most active channels, in order: {', '.join(map(str, picked))}.",
@@ -214,7 +197,7 @@ def layer_view(
         figs.append(
             store.add(
                 f"{prefix}-cams.png",
-                figures.cam_rows(display_images[:n], [cams[m][:n] for m in catalogue.LAYER_CAMS]),
+                partial(figures.cam_rows, display_images[:n], [cams[m][:n] for m in catalogue.LAYER_CAMS]),
                 f"class activation maps at {layer.name}",
                 f"Rows: {', '.join(catalogue.TITLES[m] for m in catalogue.LAYER_CAMS)} at this layer, for the explained"
                 f" class of the first {n} attribution images (inferno scale: dark is no evidence, yellow the"
@@ -284,7 +267,9 @@ def concept_cards(
         ]
         strip = store.add(
             f"{prefix}-concept-{c + 1}.png",
-            figures.concept_strip(probe.images[images], np.stack([found.maps[i][..., c] for i in images]), crops),
+            partial(
+                figures.concept_strip, probe.images[images], np.stack([found.maps[i][..., c] for i in images]), crops
+            ),
             f"{layer.name} concept {c + 1} on " + ", ".join(probe.names[i] for i in images),
         )
         weighted = list(zip(concept.filters, concept.weights, strict=True))
@@ -329,7 +314,7 @@ def filter_cards(
     for k, f in enumerate(vis.filters.tolist()):
         image = store.add(
             synthesised_figure(prefix, f),
-            figures.thumbnail(vis.images[k, 0], zoom=2),
+            partial(figures.thumbnail, vis.images[k, 0], zoom=2),
             f"{layer.name} filter {f} synthesised",
         )
         crops = [
@@ -339,7 +324,7 @@ def filter_cards(
         patch_views = tuple(
             store.add(
                 f"{prefix}-patch-{f:03d}-{j + 1}.png",
-                figures.thumbnail(crop, zoom=figures.zoom_for(crop.shape[0], 32)),
+                partial(figures.thumbnail, crop, zoom=figures.zoom_for(crop.shape[0], 32)),
                 f"{layer.name} filter {f}: patch of {probe.names[int(vis.top.images[f, j])]}",
             )
             for j, crop in enumerate(crops)
@@ -381,7 +366,7 @@ def prediction_view(
     """One probe image with its top classes and whether they are right."""
     label = int(pred.labels[i])
     verdict = "" if label < 0 else ("correct" if pred.predicted[i] == label else "wrong")
-    image = store.add(f"{prefix}-{i + 1:04d}.png", figures.thumbnail(probe.images[i]), probe.names[i], "")
+    image = store.add(f"{prefix}-{i + 1:04d}.png", partial(figures.thumbnail, probe.images[i]), probe.names[i], "")
     top = tuple(Guess(classes[int(k)], f"{p:.1%}") for k, p in zip(pred.top_classes[i], pred.top_probs[i], strict=True))
     return PredictionView(image, probe.names[i], classes[label] if label >= 0 else "—", verdict, top)
 
@@ -397,11 +382,15 @@ def class_cards(
     cards = []
     for row, k in enumerate(vis.classes.tolist()):
         name = classes[k]
-        image = store.add(f"class-{k:03d}.png", figures.thumbnail(vis.images[row, 0], zoom=3), f"{name} synthesised")
+        image = store.add(
+            f"class-{k:03d}.png", partial(figures.thumbnail, vis.images[row, 0], zoom=3), f"{name} synthesised"
+        )
         hits = np.flatnonzero((probe.labels == k) & (pred.predicted == k))
         example = (
             store.add(
-                f"class-{k:03d}-example.png", figures.thumbnail(probe.images[hits[0]], zoom=3), probe.names[hits[0]]
+                f"class-{k:03d}-example.png",
+                partial(figures.thumbnail, probe.images[hits[0]], zoom=3),
+                probe.names[hits[0]],
             )
             if len(hits)
             else None
@@ -466,7 +455,7 @@ def evidence_section(
         """The filter's synthesised image, kept by its layer section; None where it was not visualised."""
         if (layer_name, f) not in synthesised_views:
             name = synthesised_figure(figure_prefix(index[layer_name], layer_name), f)
-            found = store.view(name, f"{layer_name} filter {f} synthesised") if name in store.files else None
+            found = store.view(name, f"{layer_name} filter {f} synthesised") if name in store else None
             synthesised_views[layer_name, f] = found
         return synthesised_views[layer_name, f]
 
@@ -481,7 +470,7 @@ def evidence_section(
         crop = patches.crop(probe.images[best], layer.receptive_field, row, col)
         return store.add(
             f"evidence-{k:03d}-{figure_prefix(index[layer_name], layer_name)}-{f:03d}.png",
-            figures.thumbnail(crop, zoom=figures.zoom_for(crop.shape[0], 44)),
+            partial(figures.thumbnail, crop, zoom=figures.zoom_for(crop.shape[0], 44)),
             f"{layer_name} filter {f} on {probe.names[best]}",
         )
 
@@ -507,7 +496,7 @@ def evidence_section(
         example = (
             store.add(
                 f"evidence-example-{row.index:03d}.png",
-                figures.thumbnail(probe.images[examples[0]], zoom=2),
+                partial(figures.thumbnail, probe.images[examples[0]], zoom=2),
                 probe.names[examples[0]],
             )
             if len(examples)
@@ -549,12 +538,14 @@ def attribution_view(
         tiles = tuple(
             store.add(
                 f"attribution-{k + 1:03d}-{m.replace('_', '-')}.png",
-                figures.attribution_tile(image, result.maps[m][k], m in catalogue.SIGNED),
+                partial(figures.attribution_tile, image, result.maps[m][k], m in catalogue.SIGNED),
                 f"{catalogue.TITLES[m]} on {probe.names[i]}",
             )
             for m in catalogue.METHODS
         )
-        picture = store.add(f"attribution-{k + 1:03d}-image.png", figures.thumbnail(image, zoom=2), probe.names[i])
+        picture = store.add(
+            f"attribution-{k + 1:03d}-image.png", partial(figures.thumbnail, image, zoom=2), probe.names[i]
+        )
         error = result.ig_completeness_error[k]
         completeness = "—" if not np.isfinite(error) else f"{error:.2%}"
         rows.append(AttributionRow(picture, probe.names[i], classes[int(result.targets[k])], tiles, completeness))

@@ -1,0 +1,100 @@
+"""The report's figures: drawn on worker threads, kept as PNG bytes by file name, and shown in the
+page either linked (figures/NAME) or embedded as data URIs while the page is written.
+
+Embedded figures are not put into the HTML when the sections are built. Their `src` is a marker
+holding the figure's name and a per-build nonce (so no user string can imitate one), and
+`FigureStore.page` replaces every marker with the figure's data URI chunk by chunk as the file is
+written. The full page is never held in memory, and a figure can still be drawing while the
+sections around it are laid out.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
+
+from reportgen.views import FigureView
+
+DATA_URI = b"data:image/png;base64,"
+
+
+def workers() -> int:
+    """Threads that draw figures: the CPU cores this process may use (numpy and the PNG encoder
+    release the GIL for their heavy work)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class FigureStore:
+    """PNG figures by file name and the views that show them; a context manager that owns the
+    drawing threads. A few figures at most wait to be drawn: the caller blocks rather than run
+    ahead, so that what the waiting figures hold stays small."""
+
+    def __init__(self, external: bool) -> None:
+        self.external = external
+        self._figures: dict[str, Future[bytes]] = {}
+        self._pool = ThreadPoolExecutor(workers(), thread_name_prefix="figures")
+        self._slots = threading.BoundedSemaphore(2 * workers())  # figures queued or drawing at once
+        self._marker = f"@figure-{secrets.token_hex(8)}@"
+
+    def __enter__(self) -> FigureStore:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._figures
+
+    def __len__(self) -> int:
+        return len(self._figures)
+
+    def add(self, name: str, figure: bytes | Callable[[], bytes], alt: str, caption: str = "") -> FigureView:
+        """Keep a figure and return its view: PNG bytes (a matplotlib chart, drawn on the calling
+        thread), or a function that draws one with numpy and PIL, called on a worker thread."""
+        if name in self._figures:
+            raise ValueError(f"duplicate figure name {name}")
+        if isinstance(figure, bytes):
+            done: Future[bytes] = Future()
+            done.set_result(figure)
+            self._figures[name] = done
+        else:
+            self._slots.acquire()
+            drawing = self._pool.submit(figure)
+            drawing.add_done_callback(lambda _: self._slots.release())
+            self._figures[name] = drawing
+        return self.view(name, alt, caption)
+
+    def view(self, name: str, alt: str, caption: str = "") -> FigureView:
+        """A view of a figure already kept, to show it again."""
+        if name not in self._figures:
+            raise KeyError(name)
+        src = f"figures/{name}" if self.external else f"{self._marker}{name}{self._marker}"
+        return FigureView(src, alt, caption)
+
+    def files(self) -> dict[str, bytes]:
+        """Every figure's PNG bytes by name, once drawn (an error while drawing is raised here)."""
+        return {name: figure.result() for name, figure in self._figures.items()}
+
+    def page(self, html: str) -> tuple[int, Iterator[bytes]]:
+        """The size in bytes of the page `html` with every figure marker replaced by the figure's data
+        URI, and the page's UTF-8 chunks in order."""
+        parts = re.split(re.escape(self._marker) + r"([^@]+)" + re.escape(self._marker), html)
+        texts = [text.encode() for text in parts[::2]]
+        names = parts[1::2]
+        size = sum(map(len, texts)) + sum(len(DATA_URI) + 4 * -(-len(self._figures[n].result()) // 3) for n in names)
+
+        def chunks() -> Iterator[bytes]:
+            for text, name in zip(texts, [*names, None], strict=True):
+                yield text
+                if name is not None:
+                    yield DATA_URI + base64.b64encode(self._figures[name].result())
+
+        return size, chunks()
