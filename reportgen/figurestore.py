@@ -53,9 +53,6 @@ class FigureStore:
     def __contains__(self, name: str) -> bool:
         return name in self._figures
 
-    def __len__(self) -> int:
-        return len(self._figures)
-
     def add(self, name: str, figure: bytes | Callable[[], bytes], alt: str, caption: str = "") -> FigureView:
         """Keep a figure and return its view: PNG bytes (a matplotlib chart, drawn on the calling
         thread), or a function that draws one with numpy and PIL, called on a worker thread."""

@@ -60,3 +60,14 @@ def test_channel_across_images_puts_each_chosen_channel_in_its_row() -> None:
                     np.testing.assert_array_equal(cell, np.broadcast_to(expected, cell.shape))
     np.testing.assert_array_equal(picture[tile_h], 255)  # the gap between rows is white
     np.testing.assert_array_equal(picture[:, tile_w], 255)  # and between columns
+
+
+def test_channel_across_many_images_fits_the_page() -> None:
+    n, h = 64, 2
+    activations = np.ones((n, h, h, 3), np.float32)
+    images = np.zeros((n, 8, 8, 3), np.float32)
+    picture = decode(figures.channel_across_images(activations, images, [0]))
+    assert picture.shape[1] <= figures.PAGE_PIXELS
+    tile = (picture.shape[1] + 1) // n - 1
+    assert tile % h == 0 and tile > figures.PAGE_PIXELS // (2 * n)  # whole pixels, not needlessly small
+    assert picture.shape[0] == 2 * (tile + 1) - 1
