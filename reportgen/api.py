@@ -261,7 +261,8 @@ def attribute(
     """Several attribution methods at once, sharing passes: {method: raw output}, plus
     `"layer_cams"`: {layer: {CAM: (N, h, w)}} for every layer of `cam_layers` (the CAMs of
     `layer_cam_methods`: Grad-CAM, Grad-CAM++, Layer-CAM, HiResCAM and EigenCAM by default) and
-    `cam_layer` (all of them), from the same backward pass.
+    for `cam_layer` (the CAMs among `methods`, Grad-CAM too for guided Grad-CAM), from the same
+    backward pass. Only the CAMs asked for are computed.
 
     `cam_layer` (default: the last conv, merge or normalisation output, the feature map before the
     classifier) is where Grad-CAM, Grad-CAM++, Layer-CAM, Score-CAM and guided Grad-CAM are taken;

@@ -123,29 +123,37 @@ class MethodRunner:
         self.config = config
         self.cam_layer = cam_layer
         self.layer_cams = list(layer_cams)
+        self.layer_cam_methods = tuple(layer_cam_methods)
         self.black = np.asarray(black, np.float32)
         self.white = self.black + 1.0 if white is None else np.asarray(white, np.float32)
         tapped = sorted({cam_layer, *layer_cams}, key=order.index)
         black_image = jnp.asarray(self.black)
 
-        def shared(variables: Any, image: jax.Array, target: jax.Array) -> dict[str, Any]:
-            result = saliency.shared_pass(engine, variables, image, target, tapped)
-            cams = {
-                name: {
-                    m: getattr(cam, m)(result.activations[name], result.gradients[name])
-                    for m in (catalogue.LAYER_CAMS if name == cam_layer else layer_cam_methods)
+        def shared_pass(input_gradient: bool, cam_methods: tuple[str, ...]) -> Callable[..., dict[str, Any]]:
+            """The shared forward and backward pass, with the input gradient or without it (XLA then
+            drops its backward pass below the deepest tapped layer) and `cam_methods` at the CAM layer."""
+
+            def run(variables: Any, image: jax.Array, target: jax.Array) -> dict[str, Any]:
+                result = saliency.shared_pass(engine, variables, image, target, tapped)
+                cams = {
+                    name: {
+                        m: getattr(cam, m)(result.activations[name], result.gradients[name])
+                        for m in (cam_methods if name == cam_layer else layer_cam_methods)
+                    }
+                    for name in tapped
                 }
-                for name in tapped
-            }
-            return {
-                "upsampled": {m: cam.upsample(cams[cam_layer][m], image.shape[:2]) for m in catalogue.LAYER_CAMS},
-                "saliency": result.saliency,
-                "gradient_x_input": result.gradient_x_input,
-                "target": result.target,
-                "logits": result.logits,
-                "cam_activation": result.activations[cam_layer],
-                "cams": cams,
-            }
+                out = {
+                    "upsampled": {m: cam.upsample(cams[cam_layer][m], image.shape[:2]) for m in cam_methods},
+                    "target": result.target,
+                    "logits": result.logits,
+                    "cam_activation": result.activations[cam_layer],
+                    "cams": cams,
+                }
+                if input_gradient:
+                    out.update(saliency=result.saliency, gradient_x_input=result.gradient_x_input)
+                return out
+
+            return run
 
         def guided(variables: Any, image: jax.Array, target: jax.Array) -> jax.Array:
             return saliency.guided_backprop(engine, variables, image, target)
@@ -196,12 +204,8 @@ class MethodRunner:
                 engine, variables, image, target, ranks, removed, start, method, count, deleting
             )
 
-        def cams_only(variables: Any, image: jax.Array, target: jax.Array) -> dict[str, Any]:
-            """The shared pass without the input gradient, whose backward pass XLA then drops."""
-            maps = shared(variables, image, target)
-            return {k: v for k, v in maps.items() if k not in INPUT_GRADIENT_METHODS}
-
-        self._shared, self._cams_only, self._smoothgrad_part = shared, cams_only, smoothgrad
+        self._shared_pass = functools.cache(shared_pass)
+        self._smoothgrad_part = smoothgrad
         self._logits = engine.logits
         self._lrp = lrp
         self._relu_rules = {"guided_backprop": guided, "deconvnet": deconvnet}
@@ -261,8 +265,7 @@ class MethodRunner:
         (default: the configured baseline)."""
         rows = [catalogue.method(name) for name in wanted]
         if self.layer_cams or any(row.shared_pass for row in rows):
-            needs_input_gradient = any(row.name in INPUT_GRADIENT_METHODS for row in rows)
-            pass_fn = self._shared if needs_input_gradient else self._cams_only
+            pass_fn = self._shared_pass(any(row.name in INPUT_GRADIENT_METHODS for row in rows), self._cams(wanted))
             shared = map_examples(pass_fn, (variables,), images, targets, chunk=passes.gradient)
             targets, logits = np.asarray(shared["target"], np.int32), shared["logits"]
         else:  # the methods asked for need only the targets: one forward pass gives them, if not given
@@ -276,6 +279,14 @@ class MethodRunner:
         if advance is not None:
             advance(len(images))
         return MethodOutputs(raw, shared["cams"], targets, logits, job.cache.get("start_logits"))
+
+    def _cams(self, wanted: Sequence[str]) -> tuple[str, ...]:
+        """The CAMs the shared pass computes at the CAM layer: those wanted (Grad-CAM for guided
+        Grad-CAM too), and the layer CAMs where the CAM layer is one of the layer CAM layers."""
+        needed = set(wanted) | ({"grad_cam"} if "guided_grad_cam" in wanted else set())
+        if self.cam_layer in self.layer_cams:
+            needed |= set(self.layer_cam_methods)
+        return tuple(m for m in catalogue.LAYER_CAMS if m in needed)
 
     # One function per catalogue row: the method's raw output for the job's images.
 

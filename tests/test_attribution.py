@@ -260,6 +260,12 @@ def test_layer_cam_methods_restrict_the_cams_of_the_extra_layers(linen_checkpoin
     assert set(everything["conv1"]) == set(catalogue.LAYER_CAMS) and set(only["conv1"]) == {"grad_cam"}
     np.testing.assert_array_equal(only["conv1"]["grad_cam"], everything["conv1"]["grad_cam"])
     last = model.graph.cam_layer
-    assert set(only[last]) == set(catalogue.LAYER_CAMS)  # the CAM layer keeps all of them
+    assert only[last] == {}  # no CAM method asked for at the CAM layer: none computed there
+    asked = api.attribute(model, x, methods=["layer_cam", "guided_grad_cam"], cam_layers=["conv1"])["layer_cams"]
+    assert set(asked[last]) == {"grad_cam", "layer_cam"}  # guided Grad-CAM multiplies by Grad-CAM
+    np.testing.assert_array_equal(asked["conv1"]["grad_cam"], everything["conv1"]["grad_cam"])
+    every_cam = api.attribute(model, x, methods=list(catalogue.LAYER_CAMS))["layer_cams"][last]
+    assert set(every_cam) == set(catalogue.LAYER_CAMS)
+    np.testing.assert_array_equal(asked[last]["layer_cam"], every_cam["layer_cam"])
     with pytest.raises(ValueError, match="layer_cam_methods"):
         api.attribute(model, x, methods=[], cam_layers=["conv1"], layer_cam_methods=["score_cam"])

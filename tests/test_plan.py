@@ -193,7 +193,7 @@ def test_api_compiles_once_and_does_not_keep_models_alive(tmp_path: Path) -> Non
     for _ in range(2):
         api.saliency(model, rng.normal(size=(4, 6, 6, 3)).astype(np.float32), chunk=4)
     runner = next(v for k, v in api._RUNNERS[model].items() if k[0] == "runner")
-    assert compute._compiled(runner._shared, 1, 2).jitted._cache_size() == 1
+    assert compute._compiled(runner._shared_pass(True, ()), 1, 2).jitted._cache_size() == 1
     alive = weakref.ref(model)
     del model, runner
     gc.collect()
