@@ -1,8 +1,10 @@
 """A ResNet-18 written the way the Flax examples write it, for scale benchmarks.
 
 BatchNorm, residual blocks with 1x1 projection shortcuts, `nn.relu(residual + y)`, global average
-pooling, 200 classes at 64x64 (Tiny-ImageNet sized): 11.3 M parameters. Weights are random —
-enough to measure time and memory, not to read the report.
+pooling, 200 classes at 64x64 (Tiny-ImageNet sized): 11.3 M parameters. Weights are random and
+the BatchNorm statistics are those of the probe images, so activations, figures and findings have
+the sizes and variety of a real model's: enough to measure time and memory, not to learn about
+any task.
 
     python benchmarks/resnet.py DIR [--images N]   # writes DIR/checkpoint and DIR/probe/*.png
 
@@ -63,16 +65,32 @@ class ResNet18(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
-def random_variables(seed: int = 0) -> dict:
-    """Initialised parameters and BatchNorm statistics (running variance away from 1, so the
-    normalisation is not an identity)."""
+def random_variables(images: np.ndarray, seed: int = 0) -> dict:
+    """Initialised parameters, with every BatchNorm's running mean and variance set to the
+    statistics of its input on `images` (uint8), as training leaves them: each layer's pre-ReLU
+    values are then centred on the probe images and about half of every ReLU layer is active.
+    (With the initial statistics, or any made-up ones, most filters of the deeper layers are zero
+    on every image and the logits hardly depend on the input: a model no report could explain.)
+
+    Train mode normalises with the batch's statistics, so its output does not depend on the
+    running values it is given, and it returns them updated to m * running + (1 - m) * batch.
+    Two updates, from running values 0 and 1, give a = (1 - m) * batch and c = m + a, hence each
+    layer's momentum m = c - a and its batch statistic a / (1 - m), whatever momentum it uses.
+    """
     model = ResNet18()
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, *model.input_shape)))
-    rng = np.random.default_rng(seed)
-    stats = jax.tree.map(
-        lambda s: np.asarray(s) + rng.uniform(0.5, 1.5, s.shape).astype(s.dtype), variables["batch_stats"]
-    )
-    return {"params": variables["params"], "batch_stats": stats}
+    x = jnp.asarray(images, jnp.float32) / 255.0
+    variables = model.init(jax.random.key(seed), x[:1])
+    stats = variables["batch_stats"]
+
+    def updated(running: float) -> dict:
+        start = jax.tree.map(lambda s: jnp.full_like(s, running), stats)
+        _, state = model.apply(
+            {"params": variables["params"], "batch_stats": start}, x, train=True, mutable=["batch_stats"]
+        )
+        return state["batch_stats"]
+
+    batch = jax.tree.map(lambda a, c: a / (1.0 - (c - a)), updated(0.0), updated(1.0))
+    return {"params": variables["params"], "batch_stats": batch}
 
 
 def probe_images(count: int, seed: int = 0) -> np.ndarray:
@@ -95,14 +113,15 @@ def probe_images(count: int, seed: int = 0) -> np.ndarray:
 def write(folder: Path, count: int) -> None:
     """Save a random-weight checkpoint and `count` probe images under `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
+    images = probe_images(count)
     checkpoint = (folder / "checkpoint").resolve()
     if not checkpoint.exists():
         checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(checkpoint, random_variables())
+        checkpointer.save(checkpoint, random_variables(images[:64]))
         checkpointer.wait_until_finished()
     probe = folder / "probe"
     probe.mkdir(exist_ok=True)
-    for i, image in enumerate(probe_images(count)):
+    for i, image in enumerate(images):
         Image.fromarray(image).save(probe / f"{i:05d}.png")
 
 
