@@ -176,7 +176,10 @@ def _save(fig: Figure) -> bytes:
 def statistics_chart(mean: np.ndarray, firing: np.ndarray, maximum: np.ndarray) -> bytes:
     """Histograms of per-filter mean activation and firing fraction, and the max per filter."""
     with matplotlib.rc_context(CHART_RC):
-        fig = Figure(figsize=(9, 2.4), layout="constrained")
+        fig = Figure(figsize=(9, 2.4))
+        # Fixed margins, wide enough for six-character tick labels: this chart is drawn for every
+        # layer, and a layout engine's text measurements made up 40 % of its time.
+        fig.subplots_adjust(left=0.08, right=0.99, bottom=0.2, top=0.88, wspace=0.45)
         left, middle, right = fig.subplots(1, 3)
         left.stairs(*np.histogram(mean[np.isfinite(mean)], bins=30), fill=True, color="#4063a8")
         left.set(title="Mean activation per filter", xlabel="mean activation", ylabel="filters")
