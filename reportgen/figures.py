@@ -178,7 +178,7 @@ def statistics_chart(mean: np.ndarray, firing: np.ndarray, maximum: np.ndarray) 
     with matplotlib.rc_context(CHART_RC):
         fig = Figure(figsize=(9, 2.4))
         # Fixed margins, wide enough for six-character tick labels: this chart is drawn for every
-        # layer, and a layout engine's text measurements made up 40 % of its time.
+        # layer, and a layout engine's text measurements took 40 % of its time.
         fig.subplots_adjust(left=0.08, right=0.99, bottom=0.2, top=0.88, wspace=0.45)
         left, middle, right = fig.subplots(1, 3)
         left.stairs(*np.histogram(mean[np.isfinite(mean)], bins=30), fill=True, color="#4063a8")
@@ -244,7 +244,8 @@ def filter_norm_chart(kernel: np.ndarray) -> bytes:
     """L2 norm of each filter's weights."""
     norms = finite(np.sqrt((kernel.reshape(-1, kernel.shape[-1]).astype(np.float64) ** 2).sum(axis=0)))
     with matplotlib.rc_context(CHART_RC):
-        fig = Figure(figsize=(9, 1.8), layout="constrained")
+        fig = Figure(figsize=(9, 1.8))
+        fig.subplots_adjust(left=0.085, right=0.99, bottom=0.27, top=0.86)  # as `statistics_chart`
         ax = fig.subplots()
         _per_filter(ax, norms, "#6b5ea8")
         ax.set(title="Weight norm per filter", xlabel="filter", ylabel="L2 norm")
