@@ -334,8 +334,9 @@ IMPUTATION_FLOPS = 60
 2 (H + W) conjugate-gradient iterations of about 30 FLOPs per element (eight neighbour taps and
 the vector updates)."""
 
-CHART_SECONDS = 0.3
-"""Rough seconds to draw one matplotlib chart (two per layer: statistics and filter norms)."""
+CHART_SECONDS = 0.2
+"""Rough seconds to draw one matplotlib chart (two per layer: statistics and filter norms; on the
+ResNet-18's 51 layers the figures stage took 23.6 s against 24.6 s estimated, 2 cores)."""
 
 
 @dataclass(frozen=True)
