@@ -334,7 +334,10 @@ def filter_cards(
         caption = f"#{f} · {vis.activation[k]:.3g} (probes ≤ {vis.probe_best[k]:.3g})" + (" · dead" if dead else "")
         cards.append(FilterCard(image, patch_views, caption, status, filter_anchor(section, f)))
     fraction = vis.beat_fraction
-    beaten = "no live filters" if fraction is None else f"{fraction:.0%} of the {int((~vis.dead).sum())} live ones"
+    live = int((~vis.dead).sum())
+    beaten = (
+        "no live filters" if fraction is None else f"{fraction:.0%} of the {live} live {'one' if live == 1 else 'ones'}"
+    )
     summary = (
         f"Synthesised images for {vis.selection}, beside the probe patches (the receptive field around the strongest"
         f" unit) that excite each filter most. The synthesised image beats every probe image for {beaten}."

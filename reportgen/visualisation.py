@@ -105,7 +105,8 @@ def chosen_filters(stats: LayerStatistics, count: int) -> tuple[np.ndarray, str]
     if count <= 0 or count >= channels:
         return np.arange(channels, dtype=np.int32), f"all {channels} filters"
     order = np.argsort(-stats.mean, kind="stable")[:count]
-    return np.sort(order).astype(np.int32), f"the {count} of {channels} filters with the highest mean activation"
+    chosen = "the filter" if count == 1 else f"the {count} filters"
+    return np.sort(order).astype(np.int32), f"{chosen} of {channels} with the highest mean activation"
 
 
 def run(

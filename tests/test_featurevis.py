@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import SPEC, save
 
-from reportgen import api
+from reportgen import api, visualisation
 from reportgen.analyses import activations, featurevis, patches
 from reportgen.compute import RANDOM_BITS, iterate_examples, map_examples
 from reportgen.model.engine import Engine
@@ -210,3 +210,14 @@ def test_each_class_image_is_classified_as_its_own_class(tmp_path: Path) -> None
     classes = np.arange(3)
     np.testing.assert_array_equal(api.predict(model, images).argmax(axis=1), classes)
     np.testing.assert_array_equal(images.mean(axis=(1, 2)).argmax(axis=1), classes)
+
+
+def test_chosen_filters_are_the_most_active_and_say_so() -> None:
+    mean = np.array([0.3, 2.0, -1.0, 0.9, 1.5], np.float32)
+    stats = activations.LayerStatistics(mean, mean, mean, False, (), (), 0)
+    indices, text = visualisation.chosen_filters(stats, 2)
+    assert indices.tolist() == [1, 4] and text == "the 2 filters of 5 with the highest mean activation"
+    indices, text = visualisation.chosen_filters(stats, 1)
+    assert indices.tolist() == [1] and text == "the filter of 5 with the highest mean activation"
+    indices, text = visualisation.chosen_filters(stats, 0)
+    assert indices.tolist() == [0, 1, 2, 3, 4] and text == "all 5 filters"
