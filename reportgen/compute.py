@@ -275,15 +275,16 @@ def example_keys(seed: int, indices: np.ndarray, stream: int = 0) -> np.ndarray:
     filter) gets the same key whatever else is computed. Raw data batches like any array;
     unwrap it with `jax.random.wrap_key_data`."""
     with RANDOM_BITS:
-        return np.asarray(_fold_in_indices(np.uint32(seed), np.int32(stream), np.asarray(indices, np.int32)))
+        base = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), stream))
+        return np.asarray(_fold_in_indices(base, np.asarray(indices, np.int32)))
 
 
 @jax.jit
-def _fold_in_indices(seed: jax.Array, stream: jax.Array, indices: jax.Array) -> jax.Array:
-    """Raw key data of `fold_in(fold_in(key(seed), stream), i)` for every index i, as one program
-    (traced op by op, the same keys took 6 ms for 64 indices, a tenth of a demo saliency call)."""
-    base = jax.random.fold_in(jax.random.key(seed), stream)
-    return jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(base, i))(indices))
+def _fold_in_indices(base: jax.Array, indices: jax.Array) -> jax.Array:
+    """Raw key data of `fold_in(base, i)` for every index i, as one program (traced op by op,
+    the same keys took 6 ms for 64 indices, a tenth of a demo saliency call)."""
+    key = jax.random.wrap_key_data(base)
+    return jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(indices))
 
 
 def _pad(array: np.ndarray, size: int) -> np.ndarray:

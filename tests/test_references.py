@@ -189,3 +189,14 @@ def test_infidelity_equals_a_loop_over_removed_squares(conv_gap) -> None:
             beta = max(0.0, (a * drops).sum() / (a * a).sum())
             expected = ((beta * a - drops) ** 2).sum() / (drops**2).sum()
             assert got[n, m] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def test_example_keys_fold_each_index_into_the_seed_and_stream() -> None:
+    """Key i is key(seed) folded with the stream, then with i: the same key for an example
+    whatever else is computed, for any seed an API caller may pass."""
+    for seed, stream in ((0, 0), (7, 3), (2**32 + 5, 1)):
+        indices = np.array([0, 5, 2, 1000], np.int32)
+        with RANDOM_BITS:
+            base = jax.random.fold_in(jax.random.key(seed), stream)
+            expected = [np.asarray(jax.random.key_data(jax.random.fold_in(base, int(i)))) for i in indices]
+        np.testing.assert_array_equal(example_keys(seed, indices, stream), np.stack(expected))
