@@ -16,7 +16,7 @@ from reportgen import compute
 from reportgen.model.engine import Engine, _needed_eqns
 from reportgen.model.load import LoadedModel, load_model
 from reportgen.model.smallconv import conv_as_matmul, spans_input
-from reportgen.model.tiledpool import tiled_max, tiles_input
+from reportgen.model.maxpool import undilated, window_max
 
 
 @pytest.fixture(scope="module")
@@ -264,55 +264,54 @@ def test_engine_on_maps_narrower_than_their_kernels(tmp_path: Path) -> None:
     np.testing.assert_allclose(ours, direct, rtol=1e-4, atol=1e-6)
 
 
-def pool_params(window: tuple[int, ...], strides: tuple[int, ...], padding=None) -> dict:
-    """The parameters of a `reduce_window_max` equation."""
-    return {
-        "window_dimensions": window,
-        "window_strides": strides,
-        "padding": padding or ((0, 0),) * len(window),
-        "base_dilation": (1,) * len(window),
-        "window_dilation": (1,) * len(window),
-    }
+POOLS = [
+    # shape, window, strides, padding: tiling windows, a ResNet's overlapping 3x3 stride-2 "SAME"
+    # pooling, windows that leave a row and a column unused, stride larger than the window, 1-D
+    ((1, 4, 6, 3), (1, 2, 2, 1), (1, 2, 2, 1), ((0, 0),) * 4),
+    ((2, 8, 8, 2), (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (0, 1), (0, 1), (0, 0))),
+    ((2, 7, 7, 2), (1, 3, 2, 1), (1, 2, 2, 1), ((0, 0),) * 4),
+    ((1, 9, 9, 1), (1, 2, 2, 1), (1, 3, 3, 1), ((0, 0), (1, 1), (1, 0), (0, 0))),
+    ((10,), (3,), (1,), ((1, 1),)),
+]
 
 
-@pytest.mark.parametrize(
-    ("shape", "window"), [((1, 4, 6, 3), (1, 2, 2, 1)), ((2, 6, 6, 2), (1, 3, 2, 1)), ((8,), (4,))]
-)
-def test_tiled_max_pool_equals_reduce_window_with_its_gradient(shape, window) -> None:
+@pytest.mark.parametrize(("shape", "window", "strides", "padding"), POOLS)
+def test_window_max_equals_reduce_window_with_its_gradient(shape, window, strides, padding) -> None:
     rng = np.random.default_rng(1)
-    # Rounded values make ties, where the gradient must go to the first maximum of the window.
+    # Rounded values make ties, where the gradient must go to the first maximum of the window;
+    # integer cotangents make the sums over overlapping windows exact in any order.
     x = jnp.asarray(np.round(rng.normal(size=shape), 0).astype(np.float32))
-    assert tiles_input(pool_params(window, window), shape)
 
     def reference(a: jax.Array) -> jax.Array:
-        return reference_at(a, window)
+        return jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, window, strides, padding)
 
     def ours(a: jax.Array) -> jax.Array:
-        return tiled_max(a, window)
+        return window_max(a, window, strides, padding)
 
     np.testing.assert_array_equal(ours(x), reference(x))
-    cotangent = jnp.asarray(rng.normal(size=reference(x).shape).astype(np.float32))
+    cotangent = jnp.asarray(rng.integers(-4, 5, size=reference(x).shape).astype(np.float32))
     np.testing.assert_array_equal(jax.vjp(ours, x)[1](cotangent)[0], jax.vjp(reference, x)[1](cotangent)[0])
     if window[0] == 1:  # per example under vmap, as the engine runs it
-        inner = window[1:]
+        inner = (window[1:], strides[1:], padding[1:])
 
         def per_example(pool):
-            return jax.vmap(jax.grad(lambda a, c: (pool(a, inner) * c).sum()))(x, cotangent)
+            return jax.vmap(jax.grad(lambda a, c: (pool(a, *inner) * c).sum()))(x, cotangent)
 
-        np.testing.assert_array_equal(per_example(tiled_max), per_example(reference_at))
+        def reference_at(a, w, s, p):
+            return jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, w, s, p)
 
-
-def reference_at(a: jax.Array, window: tuple[int, ...]) -> jax.Array:
-    return jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, window, window, "VALID")
+        np.testing.assert_array_equal(per_example(window_max), per_example(reference_at))
 
 
 def test_a_tie_sends_the_gradient_to_the_first_maximum() -> None:
-    x = jnp.zeros((2, 2))
-    grad = jax.grad(lambda a: tiled_max(a, (2, 2)).sum())(x)
-    np.testing.assert_array_equal(grad, [[1.0, 0.0], [0.0, 0.0]])
+    x = jnp.zeros((3, 3))
+    grad = jax.grad(lambda a: window_max(a, (2, 2), (1, 1), ((0, 0), (0, 0))).sum())(x)
+    # every window's first element in row-major order is its top-left one
+    np.testing.assert_array_equal(grad, [[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
 
 
-def test_overlapping_or_padded_pools_stay_reduce_window() -> None:
-    assert not tiles_input(pool_params((1, 3, 3, 1), (1, 2, 2, 1)), (1, 8, 8, 1))
-    assert not tiles_input(pool_params((1, 2, 2, 1), (1, 2, 2, 1), ((0, 0), (0, 1), (0, 1), (0, 0))), (1, 7, 7, 1))
-    assert not tiles_input(pool_params((1, 2, 2, 1), (1, 2, 2, 1)), (1, 7, 7, 1))
+def test_only_dilated_pools_stay_reduce_window() -> None:
+    plain = {"base_dilation": (1, 1, 1, 1), "window_dilation": (1, 1, 1, 1)}
+    assert undilated(plain)
+    assert not undilated({**plain, "window_dilation": (1, 2, 2, 1)})
+    assert not undilated({**plain, "base_dilation": (1, 2, 2, 1)})

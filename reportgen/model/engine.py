@@ -4,8 +4,8 @@ An interpreter over the flattened jaxpr of `graph.py`. For one example it can re
 outputs, add zero-valued probes to layer outputs (so that the gradient with respect to a probe is
 the gradient with respect to that activation), stop after the last equation the request needs,
 and swap the ReLU backward rule for guided backpropagation or deconvnet. A convolution whose
-kernel spans its input runs as a matrix product (`smallconv.py`), and a max pooling whose windows
-tile its input as a reshape and a maximum (`tiledpool.py`). Everything it does is ordinary
+kernel spans its input runs as a matrix product (`smallconv.py`), and max pooling as a running
+maximum with a scatter-free gradient (`maxpool.py`). Everything it does is ordinary
 JAX, so it composes with jit, vmap and grad.
 """
 
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from reportgen.model.graph import Const, FlatJaxpr, Graph, activation_vars
 from reportgen.model.lrp import DEFAULT_COMPOSITE, Composite, RulePlan, plan_rules, relevance_layer
 from reportgen.model.smallconv import conv_as_matmul, spans_input
-from reportgen.model.tiledpool import tiled_max, tiles_input
+from reportgen.model.maxpool import undilated, window_max
 
 ReluRule = Literal["standard", "guided", "deconvnet", "redirected"]
 
@@ -188,8 +188,9 @@ def evaluate(
             axis = eqn.params["dimension_numbers"].rhs_spec[0] if eqn.primitive.name == "conv_general_dilated" else -1
             sign = lrp.signs.get(i)
             outs = [relevance_layer(bind, args[position], w, rule, lrp.composite, bounds, sign, axis)]
-        elif eqn.primitive.name == "reduce_window_max" and tiles_input(eqn.params, args[0].shape):
-            outs = [tiled_max(args[0], tuple(eqn.params["window_dimensions"]))]
+        elif eqn.primitive.name == "reduce_window_max" and undilated(eqn.params):
+            p = eqn.params
+            outs = [window_max(args[0], p["window_dimensions"], p["window_strides"], p["padding"])]
         else:
             result = _apply(eqn.primitive, eqn.params, args)
             outs = list(result) if eqn.primitive.multiple_results else [result]
