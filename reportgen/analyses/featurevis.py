@@ -244,9 +244,15 @@ def visualise(
         keys = jax.random.split(key, count)
         warped = jax.vmap(lambda image, k: random_transform(image, k, config))(images, keys)
         scores, grams = jax.vmap(lambda image: objective(variables, preprocess(image), index, redirect))(warped)
-        penalty = config.tv_weight * jax.vmap(total_variation)(images).mean()
-        penalty += config.l2_weight * ((images - 0.5) ** 2).mean()
-        penalty += config.blur_weight * jax.vmap(lambda im: ((im - blur(im, 1.0)) ** 2).mean())(images).mean()
+        # A penalty of weight 0 is left out rather than multiplied by 0: XLA keeps 0 * x (x may be
+        # NaN), and the blur penalty's gradient alone cost half of a shallow layer's step.
+        penalty = jnp.zeros(())
+        if config.tv_weight:
+            penalty += config.tv_weight * jax.vmap(total_variation)(images).mean()
+        if config.l2_weight:
+            penalty += config.l2_weight * ((images - 0.5) ** 2).mean()
+        if config.blur_weight:
+            penalty += config.blur_weight * jax.vmap(lambda im: ((im - blur(im, 1.0)) ** 2).mean())(images).mean()
         if count > 1 and config.diversity_weight > 0:
             similarity = grams @ grams.T
             penalty += config.diversity_weight * (similarity.sum() - jnp.trace(similarity)) / (count * (count - 1))
