@@ -15,8 +15,8 @@ from conftest import SPEC, linen_variables, save
 from reportgen import compute
 from reportgen.model.engine import Engine, _needed_eqns
 from reportgen.model.load import LoadedModel, load_model
-from reportgen.model.smallconv import conv_as_matmul, spans_input
 from reportgen.model.maxpool import undilated, window_max
+from reportgen.model.smallconv import conv_as_matmul, spans_input
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 
 from reportgen.model.graph import Const, FlatJaxpr, Graph, activation_vars
 from reportgen.model.lrp import DEFAULT_COMPOSITE, Composite, RulePlan, plan_rules, relevance_layer
-from reportgen.model.smallconv import conv_as_matmul, spans_input
 from reportgen.model.maxpool import undilated, window_max
+from reportgen.model.smallconv import conv_as_matmul, spans_input
 
 ReluRule = Literal["standard", "guided", "deconvnet", "redirected"]
 
