@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reportgen.analyses.featurevis import Visualiser
 from reportgen.config import Settings
 from reportgen.errors import UserError
 from reportgen.model.graph import Graph
@@ -134,15 +135,26 @@ class Throughput:
     gradient: float  # FLOP/s of batched forward + input-gradient passes (counted as 2 forward passes)
     visualisation: float  # FLOP/s of the same passes at feature visualisation's (smaller) batch
     compile_seconds: float  # one gradient program's compilation (a load, when the cache has it)
+    vis_step_seconds: float = 0.0  # one image's visualisation step besides the model, per image
 
 
 def measure_throughput(
-    logits: Any, variables: Any, input_shape: tuple[int, ...], cost: ModelCost, passes: Budget
+    logits: Any,
+    variables: Any,
+    input_shape: tuple[int, ...],
+    cost: ModelCost,
+    passes: Budget,
+    free_visualiser: Visualiser | None = None,
 ) -> Throughput:
     """The model's jit+vmap'd forward pass and input gradient, each at the batch the stages use,
     run from `passes.workers` host threads at once (as the stages run), measured now. Gradient
     passes are often much slower per FLOP than forward passes (on a CPU a deep network's
-    gradient batch of one runs at a third of the forward speed), so the plan times them apart."""
+    gradient batch of one runs at a third of the forward speed), so the plan times them apart.
+
+    `free_visualiser` (the build's feature visualisation around an objective that costs nothing)
+    times what a visualisation step costs besides the model: the Fourier image, the random warp,
+    the penalties and Adam, about 1.3 ms per 64x64 image on 2 CPU cores, as much as a shallow
+    layer's own gradient."""
     platform = jax.devices()[0].platform
     forward_batch = int(np.clip(saturation(platform, "forward") / cost.forward_flops, 1, 256))
     forward = jax.jit(jax.vmap(logits, in_axes=(None, 0)))
@@ -154,30 +166,51 @@ def measure_throughput(
     if (vis_batch := passes.visualisation_at(cost)) != passes.gradient:
         examples, seconds, _ = _time(gradient, variables, input_shape, vis_batch, passes.workers)
         visualisation_flops = examples * 2 * cost.forward_flops / seconds
+    step_seconds = 0.0
+    if free_visualiser is not None:
+        examples, seconds, _ = _time(_one_step(free_visualiser), variables, input_shape, vis_batch, passes.workers)
+        step_seconds = seconds / examples
     examples, seconds, _ = _time(forward, variables, input_shape, forward_batch, passes.workers)
-    return Throughput(examples * cost.forward_flops / seconds, gradient_flops, visualisation_flops, compile_seconds)
+    forward_flops = examples * cost.forward_flops / seconds
+    return Throughput(forward_flops, gradient_flops, visualisation_flops, compile_seconds, step_seconds)
+
+
+def _one_step(vis: Visualiser) -> Any:
+    """(variables, images) -> the state after starting and taking one step of `vis` for each image
+    (the images set only the batch size), jitted."""
+    init = jax.vmap(vis.init, in_axes=(None, 0, 0))
+    step = jax.vmap(vis.step, in_axes=(None, 0, 0, 0, None))
+
+    def run(variables: Any, images: jax.Array) -> Any:
+        indices = jnp.zeros(len(images), jnp.int32)
+        keys = jax.random.key_data(jax.random.split(jax.random.key(0), len(images)))
+        return step(variables, init(variables, indices, keys), indices, keys, 0)
+
+    return jax.jit(run)
 
 
 def _time(run: Any, variables: Any, input_shape: tuple[int, ...], batch: int, streams: int) -> tuple[int, float, float]:
-    """(examples per round, seconds per round, seconds of the first call: compilation and one
-    run) of `run` at `batch` examples (whole devices), a round being one call from each of
-    `streams` threads at once; three rounds measured."""
+    """(examples per round, seconds of the median round, seconds of the first call: compilation
+    and one run) of `run` at `batch` examples (whole devices), a round being one call from each of
+    `streams` threads at once. The median of five rounds, after one that warms the threads: the
+    mean of three varied by a third between identical measurements on a busy machine."""
     devices = jax.device_count()
     batch = -(-batch // devices) * devices
     x = jnp.zeros((batch, *input_shape), jnp.float32)
     start = time.perf_counter()
     jax.block_until_ready(run(variables, x))
     first = time.perf_counter() - start
-    repeats = 3
 
-    def stream(_: int) -> None:
-        for _ in range(repeats):
-            jax.block_until_ready(run(variables, x))
+    def call(_: int) -> None:
+        jax.block_until_ready(run(variables, x))
 
-    start = time.perf_counter()
+    rounds = []
     with ThreadPoolExecutor(streams) as pool:
-        list(pool.map(stream, range(streams)))
-    return batch * streams, (time.perf_counter() - start) / repeats, first
+        for _ in range(6):
+            start = time.perf_counter()
+            list(pool.map(call, range(streams)))
+            rounds.append(time.perf_counter() - start)
+    return batch * streams, float(np.median(rounds[1:])), first
 
 
 @dataclass(frozen=True)
@@ -412,9 +445,12 @@ def stage_plans(
         nbytes: int,
         programs: int = 1,
         gradient_rate: float = throughput.gradient,
+        vis_steps: int = 0,
     ) -> StagePlan:
-        """A stage of `forward` FLOPs of forward passes and `gradient` FLOPs of gradient passes."""
+        """A stage of `forward` FLOPs of forward passes, `gradient` FLOPs of gradient passes and
+        `vis_steps` visualisation steps of one image."""
         seconds = forward / throughput.forward + gradient / gradient_rate + programs * compile_seconds
+        seconds += vis_steps * throughput.vis_step_seconds
         return StagePlan(name, chunk, inner, forward + gradient, seconds, nbytes)
 
     forward_chunk = spread(passes.forward, work.probe_images, passes.workers, devices)
@@ -488,8 +524,9 @@ def stage_plans(
         chunk = spread(passes.visualisation_at(cost, deepest) // per_filter, filters, passes.workers, devices)
         flops = filters * flops_per_filter * cost.layer_flops[deepest]
         nbytes = chunk * per_filter * int(GRADIENT_MEMORY * cost.layer_bytes[deepest])
+        steps = filters * vis.steps * per_filter
         plan = stage(
-            vis_stage_name(layers), chunk, 0, 0, flops, nbytes, VISUALISATION_PROGRAMS, throughput.visualisation
+            vis_stage_name(layers), chunk, 0, 0, flops, nbytes, VISUALISATION_PROGRAMS, throughput.visualisation, steps
         )
         stages.append(dataclasses.replace(plan, layers=layers))
     class_chunk = spread(passes.visualisation_at(cost) // per_filter, work.classes, passes.workers, devices)
@@ -503,6 +540,7 @@ def stage_plans(
             class_chunk * per_filter * grad_bytes,
             VISUALISATION_PROGRAMS,
             throughput.visualisation,
+            work.classes * vis.class_steps * per_filter,
         )
     )
     figures = len(graph.layers) * (

@@ -95,7 +95,8 @@ def _plan(settings: Settings, model: LoadedModel, engine: Engine, probe: ProbeSe
     cost = plan.model_cost(graph)
     platform, _, free = plan.free_memory()
     passes = plan.budget(cost, settings.memory_budget, platform, free, workers())
-    throughput = plan.measure_throughput(engine.logits, model.variables, model.input_shape, cost, passes)
+    overhead = visualisation.free_visualiser(settings, model.input_shape)
+    throughput = plan.measure_throughput(engine.logits, model.variables, model.input_shape, cost, passes, overhead)
     n = len(probe.names)
     shown = len(display_indices(probe.labels, max(settings.layers.activation_images, settings.layers.channel_images)))
     vis = {

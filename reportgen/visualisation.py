@@ -84,6 +84,14 @@ def preprocessing(pre: Preprocess, channels: int) -> featurevis.Preprocessing:
     return featurevis.Preprocessing(pre.scale, mean, std)
 
 
+def free_visualiser(settings: Settings, shape: tuple[int, int, int]) -> featurevis.Visualiser:
+    """The build's filter visualisation around an objective that costs nothing (the image's mean):
+    timing it tells the planner what a step costs besides the model."""
+    basis = np.eye(shape[-1], dtype=np.float32)
+    pre = preprocessing(settings.preprocess, shape[-1])
+    return featurevis.visualise(featurevis.image_mean, vis_config(settings), shape, basis, pre)
+
+
 def optimise(
     vis: featurevis.Visualiser,
     variables: Any,

@@ -16,7 +16,7 @@ import pytest
 import tiny_models
 from conftest import SPEC, save
 
-from reportgen import api, compute, plan
+from reportgen import api, compute, plan, visualisation
 from reportgen.analyses import faithfulness
 from reportgen.config import Settings
 from reportgen.errors import UserError
@@ -227,3 +227,42 @@ def test_layers_share_a_visualisation_program_only_when_that_is_faster() -> None
     assert plan.vis_groups({"a": 1, "b": 1}, {"a": 1, "b": 2}, 1.0, 0.0) == [("a",), ("b",)]
     three = plan.vis_groups({"a": 4, "b": 4, "c": 1}, {"a": 1, "b": 100, "c": 101}, 1.0, 10.0)
     assert three == [("a",), ("b", "c")]
+
+
+def test_visualisation_stages_count_each_image_step_besides_the_model(two_conv: LoadedModel) -> None:
+    """A visualisation stage's estimate adds the measured cost of an image's step outside the
+    model (Fourier image, warp, penalties, Adam) for every filter, step and image, and the class
+    stage for every class at its own step count; no other stage changes."""
+    graph, cost = two_conv.graph, plan.model_cost(two_conv.graph)
+    passes = plan.Budget(2**30, forward=8, gradient=4)
+    settings = Settings(model="m", checkpoint="c", time_budget=math.inf)
+    vis = settings.visualisation
+    work = plan.Workload(12, 4, 12, 4, 3, {"a": 2, "b": 2}, 2)
+    free = plan.stage_plans(settings, graph, cost, passes, plan.Throughput(1e6, 1e6, 1e6, 3.0), work)
+    costly = plan.stage_plans(settings, graph, cost, passes, plan.Throughput(1e6, 1e6, 1e6, 3.0, 0.5), work)
+    added = {a.name: b.estimated_seconds - a.estimated_seconds for a, b in zip(free, costly, strict=True)}
+    expected = {
+        s.name: 0.5 * sum(work.vis_filters[layer] for layer in s.layers) * vis.steps * vis.images_per_filter
+        for s in free
+        if s.layers
+    }
+    expected[plan.CLASS_STAGE] = 0.5 * work.classes * vis.class_steps * vis.images_per_filter
+    assert expected and all(math.isclose(added[name], seconds) for name, seconds in expected.items())
+    assert all(seconds == 0 for name, seconds in added.items() if name not in expected)
+
+
+def test_the_free_visualiser_measures_a_step_without_the_model(two_conv: LoadedModel) -> None:
+    """The planner times one step of the build's visualisation around the free objective; that
+    step must move the image (so it does the real work) and reach no model variable."""
+    settings = Settings(model="m", checkpoint="c")
+    vis = visualisation.free_visualiser(settings, two_conv.input_shape)
+    run = plan._one_step(vis)
+    params, _ = run(None, jnp.zeros((3, *two_conv.input_shape)))
+    keys = jax.random.key_data(jax.random.split(jax.random.key(0), 3))  # the keys `_one_step` uses
+    start, _ = jax.vmap(vis.init, in_axes=(None, 0, 0))(None, jnp.zeros(3, jnp.int32), keys)
+    assert params.shape == start.shape and not np.allclose(params, start)
+    throughput = plan.measure_throughput(
+        api._engine(two_conv).logits, two_conv.variables, two_conv.input_shape,
+        plan.model_cost(two_conv.graph), plan.Budget(2**30, forward=8, gradient=4), vis,
+    )  # fmt: skip
+    assert throughput.vis_step_seconds > 0

@@ -194,6 +194,12 @@ def layer_objective(engine: Engine, layer: str, kind: str) -> Objective:
     return objective
 
 
+def image_mean(variables: Any, x: jax.Array, index: jax.Array, redirect: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """An objective that needs no model: the model-space image's mean (and its colour Gram
+    descriptor). Visualising it costs what a step costs besides the model."""
+    return x.mean(), _gram(x)
+
+
 def logit_objective(engine: Engine) -> Objective:
     """(variables, model-space image, class) -> (the class logit, before softmax; descriptor)."""
 
