@@ -362,6 +362,7 @@ def plan_record(build_plan: plan.Plan, progress: Progress, reproducible: bool) -
         forward_gflops_per_second=build_plan.throughput.forward / 1e9,
         gradient_gflops_per_second=build_plan.throughput.gradient / 1e9,
         visualisation_gflops_per_second=build_plan.throughput.visualisation / 1e9,
+        visualisation_step_ms=build_plan.throughput.vis_step_seconds * 1e3,
         time_budget_seconds=_float(build_plan.time_budget),
         estimated_seconds=build_plan.estimated_seconds,
         stages=tuple(stages),

@@ -359,6 +359,7 @@ class PlanRecord:
     stages: tuple[PlanStage, ...]
     gradient_gflops_per_second: float | None = None  # absent from reports written before it was measured
     visualisation_gflops_per_second: float | None = None  # gradient passes at feature visualisation's batch
+    visualisation_step_ms: float | None = None  # an image's visualisation step besides the model
 
 
 @dataclass(frozen=True)
