@@ -783,8 +783,8 @@ def report_view(
             speed = f"{plan.visualisation_gflops_per_second:.1f} GFLOP/s"
             timings += (Fact("model gradient speed at feature visualisation's batch", speed),)
         if plan.visualisation_step_ms:
-            step = f"{plan.visualisation_step_ms:.2f} ms per image"
-            timings += (Fact("feature-visualisation step besides the model", step),)
+            step = f"{plan.visualisation_step_ms:.2f} ms per image and step"
+            timings += (Fact("feature-visualisation work besides the model", step),)
         timings += (Fact("memory budget", f"{plan.memory_budget_bytes / 1e9:.1f} GB per stream"),)
     return ReportView(
         title=f"reportgen: {model.class_name}" + (f" {prov.release}" if prov.release else ""),
