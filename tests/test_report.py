@@ -105,7 +105,7 @@ def test_report_json_validates_against_the_shipped_schema_and_reads_back(built: 
     assert results.dumps(results.load(built)) == text  # to_json(from_json(x)) == x
     # A report written before a field with a default existed still reads; any other gap does not.
     plan = data["provenance"]["plan"]
-    assert plan["gradient_gflops_per_second"] > 0
+    assert plan["gradient_gflops_per_second"] > 0 and plan["visualisation_step_ms"] > 0
     older = json.loads(text)
     del older["provenance"]["plan"]["gradient_gflops_per_second"]
     jsonschema.validate(older, shipped)
