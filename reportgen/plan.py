@@ -464,6 +464,10 @@ def stage_plans(
     # cumulative, independent, the other class, perturbed inputs
     checked = (2 * work.sanity_stages + 1 + a.sensitivity_samples) * work.sanity_images
 
+    (low, low_rate), (high, high_rate) = sorted(
+        [(passes.visualisation_at(cost), throughput.visualisation), (passes.gradient, throughput.gradient)]
+    )
+
     def gradient_rate(batch: int) -> float:
         """Gradient speed at `batch` passes per call. It was measured at the visualisation batch
         and at the (larger) gradient batch; in between it is taken as geometric in the batch, and
@@ -472,9 +476,6 @@ def stage_plans(
         batch: a ResNet-18's one-image sanity runs took 1.7 times an estimate at the larger
         batch's speed. Its groups of filters ran at 52 GFLOP/s two per call, between the 40
         measured at one and the 70 at four."""
-        (low, low_rate), (high, high_rate) = sorted(
-            [(passes.visualisation_at(cost), throughput.visualisation), (passes.gradient, throughput.gradient)]
-        )
         if batch <= low:
             return low_rate
         if batch >= high:
