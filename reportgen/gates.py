@@ -135,7 +135,7 @@ def evaluate(rule: Rule, report: Report, diff: Diff | None = None) -> tuple[bool
     return _OPS[rule.op](value, rule.threshold), f"{metric.description} is {value:.4g}"
 
 
-def broken(rules: Sequence[Rule], report: Report, diff: Diff | None = None) -> list[str]:
-    """One line per broken rule: the rule and why."""
-    results = [(rule, *evaluate(rule, report, diff)) for rule in rules]
+def broken(rules: Sequence[Rule], report: Report) -> list[str]:
+    """One line per broken rule of one report (no diff): the rule and why."""
+    results = [(rule, *evaluate(rule, report)) for rule in rules]
     return [f"{rule.text}: {why}" for rule, failed, why in results if failed]

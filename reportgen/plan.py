@@ -146,8 +146,9 @@ def measure_throughput(
     passes: Budget,
     free_visualiser: Visualiser | None = None,
 ) -> Throughput:
-    """The model's jit+vmap'd forward pass and input gradient, each at the batch the stages use,
-    run from `passes.workers` host threads at once (as the stages run), measured now. Gradient
+    """The model's jit+vmap'd input gradient, at the attribution stages' batch and at the
+    visualisation batch, and its forward pass, at a batch large enough to saturate the device,
+    each run from `passes.workers` host threads at once (as the stages run), measured now. Gradient
     passes are often much slower per FLOP than forward passes (on a CPU a deep network's
     gradient batch of one runs at a third of the forward speed), so the plan times them apart.
 
@@ -331,7 +332,7 @@ class Plan:
 
 
 CLASS_STAGE = "visualise classes"
-"""The stage that synthesises an image per class."""
+"""The stage that synthesises images of each class (`images_per_filter` per class)."""
 
 EVIDENCE_STAGE = "class evidence"
 """The stage that weighs every conv filter's evidence for each probe image's class."""

@@ -52,11 +52,11 @@ class FilterVisualisation:
 
 @dataclass(frozen=True)
 class ClassVisualisation:
-    """One synthesised image per class and the logit it reaches."""
+    """Synthesised images of each class (B = `images_per_filter` per class) and the logit reached."""
 
     classes: np.ndarray  # (K,) class indices visualised
     images: np.ndarray  # (K, B, H, W, C)
-    logits: np.ndarray  # (K,)
+    logits: np.ndarray  # (K,) the class logit of each class's first image
 
 
 def vis_config(settings: Settings) -> featurevis.VisConfig:

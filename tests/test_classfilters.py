@@ -24,7 +24,7 @@ def test_contributions_of_a_linear_head_are_activation_times_weight_and_add_up_t
     engine = Engine(model.graph)
 
     def per_example(v, image, target):
-        return classfilters.channel_evidence(engine, v, image, target, ["mix"])
+        return classfilters.image_evidence(engine, v, image, target, ["mix"]).per_filter(["mix"])
 
     got = map_examples(per_example, (model.variables,), x, targets, chunk=3)["mix"]
     acts = np.einsum("nhwc,cf->nhwf", x, p["mix"]["kernel"][0, 0]) + p["mix"]["bias"]  # (N, 6, 6, 2)

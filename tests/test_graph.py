@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 from conftest import SPEC
 
+from reportgen import api
 from reportgen.model.load import load_model
 
 
 def test_linen_layers_match_the_definition(linen_checkpoint: Path) -> None:
-    model = load_model(f"{SPEC}:TinyLinen", linen_checkpoint)
-    got = [(layer.name, layer.kind, layer.output_shape, layer.params) for layer in model.graph.layers]
+    model = api.load_model(f"{SPEC}:TinyLinen", linen_checkpoint)
+    got = [(layer.name, layer.kind, layer.output_shape, layer.params) for layer in api.layer_info(model)]
     assert got == [
         ("conv1", "conv", (8, 8, 8), 3 * 3 * 3 * 8 + 8),
         ("ResidualBlock_0/Conv_0", "conv", (8, 8, 8), 3 * 3 * 8 * 8 + 8),

@@ -88,7 +88,6 @@ CATALOGUE: tuple[Method, ...] = (
 METHODS: tuple[str, ...] = tuple(m.name for m in CATALOGUE)
 TITLES: Mapping[str, str] = {m.name: m.title for m in CATALOGUE}
 SIGNED = frozenset(m.name for m in CATALOGUE if m.signed)
-SHARED_PASS = frozenset(m.name for m in CATALOGUE if m.shared_pass)
 LAYER_CAMS = ("grad_cam", "grad_cam_pp", "layer_cam", "hires_cam", "eigen_cam")
 """CAMs drawn at every conv and pooling layer: all of them come from the one shared backward pass."""
 

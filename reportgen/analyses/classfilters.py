@@ -32,8 +32,7 @@ def class_gradients(
 ) -> Gradients:
     """One image's named layer outputs and the gradients of the target's logit there."""
 
-    def objective(logits: jax.Array | None, _: dict) -> jax.Array:
-        assert logits is not None
+    def objective(logits: jax.Array, _: dict) -> jax.Array:
         return logits[target]
 
     return engine.gradients(variables, image, layers, objective)
@@ -109,13 +108,6 @@ def image_evidence(
     )
 
 
-def channel_evidence(
-    engine: Engine, variables: Any, image: jax.Array, target: jax.Array, layers: Sequence[str]
-) -> dict[str, dict[str, jax.Array]]:
-    """For one image: {layer: {"contribution": (C,), "weight": (C,)}} for the target's logit."""
-    return image_evidence(engine, variables, image, target, layers).per_filter(layers)
-
-
 def share(contribution: np.ndarray) -> np.ndarray:
     """(K, C) each column's contribution over the row's total positive contribution (NaN where
     a row has none)."""
@@ -166,7 +158,7 @@ def filter_order(share: np.ndarray) -> np.ndarray:
 def aggregate(
     per_image: dict[str, dict[str, np.ndarray]], layers: Sequence[str], targets: np.ndarray, num_classes: int
 ) -> list[LayerEvidence]:
-    """The named layers' `channel_evidence` over N images (stacked on axis 0), with conductance
+    """The named layers' `ImageEvidence.per_filter` values over N images (stacked on axis 0), with conductance
     where it was computed, averaged per class, in the order of `layers`."""
     return [
         LayerEvidence(

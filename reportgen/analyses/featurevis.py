@@ -201,7 +201,8 @@ def image_mean(variables: Any, x: jax.Array, index: jax.Array, redirect: jax.Arr
 
 
 def logit_objective(engine: Engine) -> Objective:
-    """(variables, model-space image, class) -> (the class logit, before softmax; descriptor)."""
+    """(variables, model-space image, class, redirect) -> (the class logit, before softmax;
+    descriptor); the logits have no ReLU to redirect."""
 
     def objective(variables: Any, x: jax.Array, index: jax.Array, redirect: jax.Array) -> tuple[jax.Array, jax.Array]:
         logits = engine.logits(variables, x)

@@ -30,8 +30,7 @@ def input_gradient(
 ) -> jax.Array:
     """d logit[target] / d image, with the chosen ReLU backward rule."""
 
-    def objective(logits: jax.Array | None, _: dict) -> jax.Array:
-        assert logits is not None
+    def objective(logits: jax.Array, _: dict) -> jax.Array:
         return logits[resolve_target(logits, target)]
 
     return engine.gradients(variables, image, [], objective, relu=relu).image_grad
@@ -166,12 +165,10 @@ class GradientMaps:
 def shared_pass(engine: Engine, variables: Any, image: jax.Array, target: jax.Array, layers: list[str]) -> GradientMaps:
     """One forward and one backward pass: the input gradient and the gradient at every named layer."""
 
-    def objective(logits: jax.Array | None, _: dict) -> jax.Array:
-        assert logits is not None
+    def objective(logits: jax.Array, _: dict) -> jax.Array:
         return logits[resolve_target(logits, target)]
 
     result = engine.gradients(variables, image, layers, objective)
-    assert result.logits is not None
     grad_x = result.image_grad
     target = resolve_target(result.logits, target)
     return GradientMaps(grad_x, grad_x * image, result.logits, target, result.outputs, result.layer_grads)

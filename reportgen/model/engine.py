@@ -206,7 +206,7 @@ class Gradients(NamedTuple):
     outputs: dict[str, jax.Array]  # the named layers' outputs
     layer_grads: dict[str, jax.Array]  # d objective / d each named layer output
     image_grad: jax.Array  # d objective / d image
-    logits: jax.Array | None  # None when evaluation stopped before the logits
+    logits: jax.Array  # the model output
 
 
 class Engine:
@@ -225,9 +225,9 @@ class Engine:
     def _vars(self, names: Sequence[str]) -> list[int]:
         return [self.graph.layer(n).var for n in names]
 
-    def logits(self, variables: Any, image: jax.Array, relu: ReluRule = "standard") -> jax.Array:
+    def logits(self, variables: Any, image: jax.Array) -> jax.Array:
         """Model output for one example, (K,)."""
-        (value,) = evaluate(self.graph, jax.tree.leaves(variables), image, [self._logits_var], relu=relu)
+        (value,) = evaluate(self.graph, jax.tree.leaves(variables), image, [self._logits_var])
         return value
 
     def layer_outputs(
@@ -324,25 +324,21 @@ class Engine:
         variables: Any,
         image: jax.Array,
         names: Sequence[str],
-        objective: Callable[[jax.Array | None, dict[str, jax.Array]], jax.Array],
+        objective: Callable[[jax.Array, dict[str, jax.Array]], jax.Array],
         relu: ReluRule = "standard",
-        needs_logits: bool = True,
     ) -> Gradients:
         """Value and gradients of a scalar objective of the logits and the named layer outputs.
 
-        With `needs_logits=False` the logits passed to the objective
-        are None and evaluation stops after the last named layer. `relu` swaps the ReLU backward
-        rule ("guided" or "deconvnet").
+        `relu` swaps the backward rule of every ReLU (`ReluRule`).
         """
         leaves = jax.tree.leaves(variables)
         layer_vars = self._vars(names)
-        targets = ([self._logits_var] if needs_logits else []) + layer_vars
+        targets = [self._logits_var, *layer_vars]
         probe_shapes = {v: self.graph.flat.shapes[v] for v in layer_vars}
 
         def run(probes: dict[int, jax.Array], x: jax.Array) -> tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]:
-            values = evaluate(self.graph, leaves, x, targets, probes, relu)
-            logits = values[0] if needs_logits else None
-            outs = {n: v[0] for n, v in zip(names, values[-len(names) :] if names else [], strict=True)}
+            logits, *values = evaluate(self.graph, leaves, x, targets, probes, relu)
+            outs = {n: v[0] for n, v in zip(names, values, strict=True)}
             return objective(logits, outs), (logits, outs)
 
         zeros = {v: jnp.zeros(s, self.graph.flat.dtypes[v]) for v, s in probe_shapes.items()}

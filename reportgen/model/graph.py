@@ -47,7 +47,6 @@ MERGES = frozenset({"add", "concatenate"})
 """Primitives that join two branches of activations into one layer: a residual sum, a concatenation."""
 POOL_KINDS = {"reduce_window_max": "max_pool", "reduce_window_sum": "avg_pool", "reduce_window": "pool"}
 GLOBAL_POOL_KINDS = {"reduce_max": "global_max_pool", "reduce_sum": "global_avg_pool"}
-SPATIAL_KINDS = frozenset({"conv", "max_pool", "avg_pool", "pool", "norm", "merge"})
 MAP_KINDS = ("conv", "merge", "norm")
 """Layers whose output is a feature map computed by the network (not a pooling of one)."""
 
