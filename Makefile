@@ -24,11 +24,15 @@ report: $(STAMP) ## Build the demo model's report into reports/demo/
 	$(BIN)/reportgen build --model $(DEMO)/model.py:TrafficSignNet --out reports/demo
 	@echo "open reports/demo/report.html"
 
+# Test files run in parallel worker processes, one file per worker so that a module's fixtures are
+# built once; the report builds overlap their single-threaded compiling and drawing that way.
+PYTEST := $(BIN)/python -m pytest -q --numprocesses=auto --maxprocesses=4 --dist=loadfile --durations=10
+
 test: $(STAMP) ## Run the whole test suite, slow end-to-end tests included
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP) ## Run the tests without the slow end-to-end ones
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP) ## ruff format check, ruff check and mypy
 	$(BIN)/ruff format --check reportgen tests models benchmarks
