@@ -363,10 +363,13 @@ WRITE_SECONDS = 2.0
 FIGURE_SECONDS = 0.01
 """Rough seconds to draw and encode one image figure (numpy tiles and PNG), for the estimate."""
 
-IMPUTATION_FLOPS = 60
-"""FLOPs per input element and per unit of (height + width) of ROAD's imputation: at most
-2 (H + W) conjugate-gradient iterations of about 30 FLOPs per element (eight neighbour taps and
-the vector updates)."""
+IMPUTATION_FLOPS = 200
+"""Cost of ROAD's imputation per input element and per unit of (height + width), in FLOPs at the
+model's speed. It takes at most 2 (H + W) conjugate-gradient iterations of about 30 FLOPs per
+element (eight neighbour taps and the vector updates), but a loop of small stencil operations
+runs at about a third of a convolution's speed per FLOP: 200 matches the ROAD stages measured on
+the demo (32x32, 0.72 ms per imputed image at 32 per call on 2 CPU cores, half a forward pass)
+and on a ResNet-18 at 64x64, where 60 estimated them 1.4-1.6x low."""
 
 CHART_SECONDS = 0.2
 """Rough seconds to draw one matplotlib chart (two per layer: statistics and filter norms; on the
