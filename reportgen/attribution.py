@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reportgen.analyses import cam, catalogue, faithfulness, infidelity, methods, occlusion, road, saliency, sanity
-from reportgen.compute import example_keys, map_examples, map_inner
+from reportgen.compute import chunk_size, example_keys, map_examples, map_inner
 from reportgen.config import Settings
 from reportgen.model.engine import Engine
 from reportgen.model.graph import Layer
@@ -92,9 +92,20 @@ class _Job:
     targets: np.ndarray
     keys: np.ndarray
     passes: Passes
+    sized_for: int  # the number of examples the chunks are sized for
     shared: dict[str, Any]
     starts: np.ndarray | None
     cache: dict[str, np.ndarray]
+
+    @property
+    def gradient_chunk(self) -> int:
+        """Examples per call of a one-pass gradient program."""
+        return chunk_size(self.sized_for, self.passes.gradient)
+
+    @property
+    def forward_chunk(self) -> int:
+        """Examples per call of a forward program."""
+        return chunk_size(self.sized_for, self.passes.forward)
 
 
 INPUT_GRADIENT_METHODS = ("saliency", "gradient_x_input")
@@ -259,22 +270,26 @@ class MethodRunner:
         wanted: Sequence[str] = catalogue.METHODS,
         advance: Callable[[int], None] | None = None,
         starts: np.ndarray | None = None,
+        sized_for: int | None = None,
     ) -> MethodOutputs:
         """Raw outputs of the `wanted` methods for `images` (model space); target -1 is the
         predicted class; `keys` are per-example PRNG key data; `starts` are IG's starting images
-        (default: the configured baseline)."""
+        (default: the configured baseline). Programs over whole examples take them in chunks
+        sized for `sized_for` examples (default: these), so that runs over different numbers of
+        images can share their compiled programs."""
         rows = [catalogue.method(name) for name in wanted]
+        like = len(images) if sized_for is None else sized_for
         if self.layer_cams or any(row.shared_pass for row in rows):
             pass_fn = self._shared_pass(any(row.name in INPUT_GRADIENT_METHODS for row in rows), self._cams(wanted))
-            shared = map_examples(pass_fn, (variables,), images, targets, chunk=passes.gradient)
+            shared = map_examples(pass_fn, (variables,), images, targets, chunk=chunk_size(like, passes.gradient))
             targets, logits = np.asarray(shared["target"], np.int32), shared["logits"]
         else:  # the methods asked for need only the targets: one forward pass gives them, if not given
             shared = {"cams": {}}
             logits = None
             if (targets < 0).any() or "integrated_gradients" in wanted:  # IG's completeness reads them
-                logits = map_examples(self._logits, (variables,), images, chunk=passes.forward)
+                logits = map_examples(self._logits, (variables,), images, chunk=chunk_size(like, passes.forward))
                 targets = np.where(targets < 0, logits.argmax(axis=-1), targets).astype(np.int32)
-        job = _Job(variables, images, targets, keys, passes, shared, starts, {})
+        job = _Job(variables, images, targets, keys, passes, like, shared, starts, {})
         raw = {row.name: self._compute[row.name](job) for row in rows}
         if advance is not None:
             advance(len(images))
@@ -302,7 +317,7 @@ class MethodRunner:
             if name not in job.cache:
                 rule = self._relu_rules[name]
                 job.cache[name] = map_examples(
-                    rule, (job.variables,), job.images, job.targets, chunk=job.passes.gradient
+                    rule, (job.variables,), job.images, job.targets, chunk=job.gradient_chunk
                 )
             return job.cache[name]
 
@@ -311,7 +326,7 @@ class MethodRunner:
     def _lrp_maps(self, job: _Job) -> np.ndarray:
         """LRP with the z^B rule's bounds at the darkest and brightest input images."""
         shared = (job.variables, self.black, self.white)
-        return map_examples(self._lrp, shared, job.images, job.targets, chunk=job.passes.gradient)
+        return map_examples(self._lrp, shared, job.images, job.targets, chunk=job.gradient_chunk)
 
     def _guided_grad_cam(self, job: _Job) -> np.ndarray:
         return self._relu_rule("guided_backprop")(job) * job.shared["upsampled"]["grad_cam"][..., None]
@@ -320,7 +335,7 @@ class MethodRunner:
         samples = self.config.smoothgrad_samples
         ids = np.arange(samples, dtype=np.int32)
         weights = np.full(samples, 1.0 / samples, np.float32)
-        chunk, batch = split(job.passes.gradient, len(job.images), samples)
+        chunk, batch = split(job.passes.gradient, job.sized_for, samples)
         return map_inner(
             self._smoothgrad_part, (job.variables,), (job.images, job.targets, job.keys), (ids, weights),
             chunk=chunk, inner_batch=batch, combine="sum",
@@ -328,11 +343,11 @@ class MethodRunner:
 
     def _integrated_gradients(self, job: _Job) -> np.ndarray:
         alphas, weights = saliency.path_points(self.config.ig_steps, self.config.ig_rule)
-        chunk, batch = split(job.passes.gradient, len(job.images), len(alphas))
+        chunk, batch = split(job.passes.gradient, job.sized_for, len(alphas))
         starts = job.starts
         if starts is None:
-            starts = map_examples(self._starts, (), job.images, job.keys, chunk=job.passes.forward)
-        job.cache["start_logits"] = map_examples(self._logits, (job.variables,), starts, chunk=job.passes.forward)
+            starts = map_examples(self._starts, (), job.images, job.keys, chunk=job.forward_chunk)
+        job.cache["start_logits"] = map_examples(self._logits, (job.variables,), starts, chunk=job.forward_chunk)
         return map_inner(
             self._integrated, (job.variables,), (job.images, job.targets, starts),
             (alphas.astype(np.float32), weights.astype(np.float32)),
@@ -342,7 +357,7 @@ class MethodRunner:
     def _score_cam(self, job: _Job) -> np.ndarray:
         activation = job.shared["cam_activation"]
         channels = np.arange(activation.shape[-1], dtype=np.int32)
-        chunk, batch = split(job.passes.forward, len(job.images), len(channels))
+        chunk, batch = split(job.passes.forward, job.sized_for, len(channels))
         scores = map_inner(
             self._score, (job.variables,), (job.images, job.targets, activation), (channels,),
             chunk=chunk, inner_batch=batch, combine="concat",
@@ -355,7 +370,7 @@ class MethodRunner:
     def _occlusion(self, job: _Job) -> np.ndarray:
         # The unoccluded image comes first, through the same program as the occluded ones.
         masks = np.concatenate([np.zeros_like(self.masks[:1]), self.masks])
-        chunk, batch = split(job.passes.forward, len(job.images), len(masks))
+        chunk, batch = split(job.passes.forward, job.sized_for, len(masks))
         occluded = map_inner(
             self._occluded, (job.variables,), (job.images, job.targets), (masks,),
             chunk=chunk, inner_batch=batch, combine="concat",
@@ -490,8 +505,12 @@ def run(
     targets = targets_for(settings, labels[indices], model.graph.num_classes)
     keys = example_keys(settings.seed, indices)
 
+    n_sanity = min(settings.attribution.sanity_images, len(images))
     progress.start("attribution maps", len(images))
-    out = runner.run(model.variables, images, targets, keys, passes, advance=progress.advance)
+    # chunks sized for the sanity images, so that the sanity check reuses these programs
+    out = runner.run(
+        model.variables, images, targets, keys, passes, advance=progress.advance, sized_for=n_sanity or None
+    )
     progress.finish()
     stacked = importance_maps(out)
 
@@ -514,7 +533,6 @@ def run(
     progress.finish()
 
     groups = sanity_groups([layer for layer in reversed(model.graph.layers) if layer.param_paths], settings)
-    n_sanity = min(settings.attribution.sanity_images, len(images))
     samples = settings.attribution.sensitivity_samples
     progress.start("sanity check", 2 * len(groups) + 1 + samples)
     sample = (images[:n_sanity], out.targets[:n_sanity], keys[:n_sanity])

@@ -461,7 +461,9 @@ def stage_plans(
     path_points = settings.layers.conductance_steps + 1  # gradient passes per probe image (1 without a path)
     evidence_chunk = spread(max(1, passes.gradient // path_points), work.probe_images, passes.workers, devices)
     inner = max(settings.attribution.smoothgrad_samples, 2)
-    a_chunk, a_inner = split(passes.gradient, work.attribution_images, inner)
+    # the attribution stage batches as for the sanity images, whose runs then reuse its programs
+    sized_for = work.sanity_images or work.attribution_images
+    a_chunk, a_inner = split(passes.gradient, sized_for, inner)
     f_chunk, f_inner = split(passes.forward, work.attribution_images, curve_points)
     r_chunk, r_inner = split(passes.forward, work.attribution_images, road_points)
     explained = work.attribution_images
@@ -510,7 +512,7 @@ def stage_plans(
             explained * 2 * f * grad_passes,
             a_chunk * a_inner * grad_bytes,
             ATTRIBUTION_PROGRAMS,
-            gradient_rate(min(explained, passes.gradient)),
+            gradient_rate(min(sized_for, passes.gradient)),
         ),
         stage("faithfulness curves", f_chunk, f_inner, explained * curve_points * f, 0, f_chunk * f_inner * fwd_bytes),
         stage("ROAD curves", r_chunk, r_inner, explained * road_flops, 0, r_chunk * r_inner * fwd_bytes),
@@ -521,8 +523,7 @@ def stage_plans(
             checked * f * fwd_passes,
             checked * 2 * f * grad_passes,
             a_chunk * a_inner * grad_bytes,
-            # the attribution programs again, unless the sanity images are sliced the same way
-            0 if split(passes.gradient, work.sanity_images, inner) == (a_chunk, a_inner) else ATTRIBUTION_PROGRAMS,
+            0,
             gradient_rate(min(work.sanity_images, passes.gradient)),
         ),
     ]

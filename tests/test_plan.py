@@ -186,6 +186,33 @@ def test_faithfulness_curves_are_independent_of_the_pass_budget(tmp_path: Path) 
         np.testing.assert_allclose(curve[:, 1, 2], expected[np.arange(3), targets], rtol=1e-5)
 
 
+def test_a_run_sized_for_fewer_images_shares_their_programs(tmp_path: Path) -> None:
+    """The attribution stage batches its images as it will batch the sanity images, so the sanity
+    runs compile nothing new; batching that way changes no output."""
+    from reportgen.analyses.methods import AttributionConfig
+    from reportgen.attribution import MethodRunner
+    from reportgen.model.engine import Engine
+
+    variables = tiny_models.init_linen(tiny_models.ConvGap(), seed=6)
+    model = api.load_model(f"{SPEC}:ConvGap", save(tmp_path / "ck", variables))
+    config = AttributionConfig(smoothgrad_samples=3, ig_steps=4, occlusion_window=3, occlusion_stride=3)
+    runner = MethodRunner(Engine(model.graph), config, "conv", ["conv"], np.zeros((6, 6, 3)))
+    x = np.random.default_rng(5).normal(size=(6, 6, 6, 3)).astype(np.float32)
+    targets, keys = np.full(6, -1, np.int32), compute.example_keys(0, np.arange(6))
+    passes = plan.Budget(0, forward=4, gradient=4)
+
+    def signatures() -> int:
+        return sum(len(program._ready) for programs in compute._COMPILED.values() for program in programs.values())
+
+    plain = runner.run(model.variables, x, targets, keys, passes)
+    sized = runner.run(model.variables, x, targets, keys, passes, sized_for=2)
+    before = signatures()
+    runner.run(model.variables, x[:2], targets[:2], keys[:2], passes)
+    assert signatures() == before
+    for name, value in plain.raw.items():
+        np.testing.assert_allclose(sized.raw[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_api_compiles_once_and_does_not_keep_models_alive(tmp_path: Path) -> None:
     variables = tiny_models.init_linen(tiny_models.ConvGap(), seed=6)
     model = api.load_model(f"{SPEC}:ConvGap", save(tmp_path / "ck", variables))
