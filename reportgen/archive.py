@@ -55,6 +55,13 @@ def releases(archive: Path) -> list[str]:
     return [n for n in names if (archive / n / "report.json").is_file()]
 
 
+def previous_release(archive: Path, release: str) -> str | None:
+    """The release that `release` is compared with: the one before it, or the newest for a new one."""
+    names = releases(archive)
+    before = names[: names.index(release)] if release in names else names
+    return before[-1] if before else None
+
+
 def check_archive(archive: Path) -> None:
     """Refuse a folder that holds other things than an archive."""
     if archive.exists() and not archive.is_dir():

@@ -7,11 +7,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reportgen import __version__, findings, gates
 from reportgen.config import PROFILES
 from reportgen.errors import UserError
 from reportgen.model.graph import Layer
+
+if TYPE_CHECKING:
+    from reportgen import plan
 
 
 class _Parser(argparse.ArgumentParser):
@@ -146,6 +150,18 @@ def _diff(args: argparse.Namespace) -> int:
     return _gate_status(outcome.broken)
 
 
+def _precedent(folder: Path, release: str) -> plan.Precedent | None:
+    """The sampling of the archived release before `release`, which its build repeats so that the
+    two compare (a `plan.Precedent`; None when that release sampled nothing, or there is none)."""
+    from reportgen import archive, plan, results
+
+    previous = archive.previous_release(folder, release)
+    if previous is None:
+        return None
+    recorded = results.load(folder / previous).provenance
+    return plan.Precedent.of(f"release {previous}", recorded.settings, recorded.plan.sampled)
+
+
 def _build(args: argparse.Namespace) -> int:
     from reportgen import archive, config, report
     from reportgen.progress import Progress
@@ -171,7 +187,8 @@ def _build(args: argparse.Namespace) -> int:
     }
     settings = config.resolve(flags, args.config)
     progress = Progress(quiet=args.quiet)
-    result = report.build(settings, report.command_line(), progress, args.release)
+    precedent = _precedent(Path(args.archive), args.release) if args.archive is not None else None
+    result = report.build(settings, report.command_line(), progress, args.release, precedent)
     broken = gates.broken([r for r in rules if not gates.METRICS[r.metric].needs_diff], result.report)
     if args.archive is not None:
         broken += archive.publish(Path(args.archive), args.release, rules)

@@ -630,6 +630,64 @@ def replaced(settings: Settings, name: str, value: Any) -> Settings:
     return dataclasses.replace(settings, **{table: dataclasses.replace(getattr(settings, table), **{field: value})})
 
 
+SAMPLED_SETTINGS = (
+    "visualisation.filters",
+    "visualisation.classes",
+    "attribution.sanity_stages",
+    "attribution.images",
+    "attribution.sanity_images",
+)
+"""The settings a profile's time budget may lower ("table.name"); all but the sanity images
+count everything with 0."""
+
+PRECEDENT_SLACK = 1.5
+"""How far over the time left an earlier build's sampling may be estimated and still be repeated.
+On a 2-core CPU the planner's speed measurements vary by up to 1.9x between builds of the same
+model, and its feature-visualisation estimates of a ResNet-18 ran 1.3-1.9x high, so identical
+workloads are estimated differently from build to build."""
+
+
+@dataclass(frozen=True)
+class Precedent:
+    """An earlier build's sampling, which this build repeats so that the two reports compare the
+    same filters, classes, images and sanity stages."""
+
+    name: str  # how the plan's notes name it, e.g. "release v1.2"
+    time_budget: float  # the seconds that build was given
+    counts: dict[str, int]  # each of SAMPLED_SETTINGS as that build computed it
+
+    @classmethod
+    def of(cls, name: str, settings: dict[str, Any], sampled: tuple[str, ...]) -> Precedent | None:
+        """The precedent set by a build with these recorded settings and sampling notes; None
+        when it sampled nothing or its record lacks a setting."""
+        if not sampled:
+            return None
+        try:
+            counts = {key: int(settings[key.split(".")[0]][key.split(".")[1]]) for key in SAMPLED_SETTINGS}
+            limit = settings["time_budget"]
+            limit = math.inf if limit is None else float(limit) or PROFILE_SECONDS[settings["profile"]]
+        except (KeyError, TypeError, ValueError):
+            return None
+        return cls(name, limit, counts)
+
+    def applied(self, work: Workload) -> Workload:
+        """`work` cut to what the earlier build computed (never more than `work`)."""
+
+        def cap(full: int, key: str) -> int:
+            kept = self.counts[key]
+            return min(full, kept) if kept > 0 or key == "attribution.sanity_images" else full
+
+        filters = cap(max(work.vis_filters.values(), default=0), "visualisation.filters")
+        return dataclasses.replace(
+            work,
+            attribution_images=cap(work.attribution_images, "attribution.images"),
+            sanity_images=cap(work.sanity_images, "attribution.sanity_images"),
+            sanity_stages=cap(work.sanity_stages, "attribution.sanity_stages"),
+            vis_filters={layer: min(count, filters) for layer, count in work.vis_filters.items()},
+            classes=cap(work.classes, "visualisation.classes"),
+        )
+
+
 def make_plan(
     settings: Any,
     graph: Graph,
@@ -638,52 +696,75 @@ def make_plan(
     throughput: Throughput,
     work: Workload,
     spent: float = 0.0,
+    precedent: Precedent | None = None,
 ) -> Plan:
     """The plan of a build: the full workload when its estimate fits what is left of the
-    profile's time budget (`spent` seconds are gone), else every reducible count (most active
-    filters, most predicted classes, explained images, sanity images and stages) scaled down by
-    one common fraction until it does."""
+    profile's time budget (`spent` seconds are gone). Otherwise the `precedent`'s sampling when
+    the earlier build had the same time budget and its workload is estimated within
+    PRECEDENT_SLACK of the time left, else every reducible count (most active filters, most
+    predicted classes, explained images, sanity images and stages) scaled down by one common
+    fraction until the estimate fits."""
     limit = settings.time_budget or PROFILE_SECONDS[settings.profile]
-    left = ESTIMATE_MARGIN * (limit - spent - WRITE_SECONDS)  # loading and planning are done; writing comes after
+    left = limit - spent - WRITE_SECONDS  # loading and planning are done; writing comes after
 
     def total(candidate: Workload) -> float:
         return sum(s.estimated_seconds for s in stage_plans(settings, graph, cost, passes, throughput, candidate))
 
     sampled: list[str] = []
-    if total(work) > left:
-        low, high = 0.0, 1.0
-        for _ in range(20):
-            middle = (low + high) / 2
-            low, high = (middle, high) if total(scaled(work, middle)) <= left else (low, middle)
-        full, work = work, scaled(work, low)
-        widest = max(full.vis_filters.values(), default=0)
-        kept = max(work.vis_filters.values(), default=0)
-        changes = {
-            "visualisation.filters": (
-                kept, widest, f"feature visualisation: the {kept} most active filters of each layer (of up to {widest})"
-            ),
-            "visualisation.classes": (
-                work.classes, full.classes,
-                f"class visualisation: the {work.classes} of {full.classes} classes predicted most often",
-            ),
-            "attribution.sanity_stages": (
-                work.sanity_stages, full.sanity_stages,
-                f"sanity check: {work.sanity_stages} stages of consecutive layers instead of {full.sanity_stages}",
-            ),
-            "attribution.images": (
-                work.attribution_images, full.attribution_images,
-                f"attribution: {work.attribution_images} of {full.attribution_images} images explained",
-            ),
-            "attribution.sanity_images": (
-                work.sanity_images, full.sanity_images,
-                f"sanity check: {work.sanity_images} of {full.sanity_images} images",
-            ),
-        }  # fmt: skip
-        for name, (kept_count, full_count, note) in changes.items():
-            if kept_count < full_count:
-                settings = replaced(settings, name, kept_count)
-                sampled.append(f"{note}, to fit the {settings.profile} profile's {limit:.0f} s")
-        if sampled:
+    if total(work) > ESTIMATE_MARGIN * left:
+        full = work
+        same_budget = precedent is not None and math.isclose(precedent.time_budget, limit, rel_tol=1e-5)
+        follows = precedent if same_budget else None  # budgets are recorded to 6 significant digits
+        reason = f"to fit the {settings.profile} profile's {limit:.0f} s"
+        if follows is not None and total(follows.applied(full)) <= PRECEDENT_SLACK * left:
+            work, reason = follows.applied(full), f"{reason}, as {follows.name} sampled it so that the two compare"
+        else:
+            low, high = 0.0, 1.0
+            for _ in range(20):
+                middle = (low + high) / 2
+                low, high = (middle, high) if total(scaled(full, middle)) <= ESTIMATE_MARGIN * left else (low, middle)
+            work = scaled(full, low)
+            if follows is not None:
+                sampled.append(
+                    f"{follows.name}'s sampling was estimated at {total(follows.applied(full)):.0f} s, over"
+                    f" {PRECEDENT_SLACK:g} times the {left:.0f} s left, so this build sampled anew"
+                )
+        settings, notes = sampled_settings(settings, full, work, reason)
+        sampled[:0] = notes
+        if notes:
             sampled.append("time_budget = inf (or --profile full) computes everything")
     stages = stage_plans(settings, graph, cost, passes, throughput, work)
     return Plan(passes, throughput, limit, tuple(stages), settings, tuple(sampled))
+
+
+def sampled_settings(settings: Settings, full: Workload, work: Workload, reason: str) -> tuple[Settings, list[str]]:
+    """`settings` lowered to compute `work` instead of `full`, and a note for each setting
+    lowered, ending with `reason`."""
+    widest = max(full.vis_filters.values(), default=0)
+    kept = max(work.vis_filters.values(), default=0)
+    changes = {
+        "visualisation.filters": (
+            kept, widest, f"feature visualisation: the {kept} most active filters of each layer (of up to {widest})"
+        ),
+        "visualisation.classes": (
+            work.classes, full.classes,
+            f"class visualisation: the {work.classes} of {full.classes} classes predicted most often",
+        ),
+        "attribution.sanity_stages": (
+            work.sanity_stages, full.sanity_stages,
+            f"sanity check: {work.sanity_stages} stages of consecutive layers instead of {full.sanity_stages}",
+        ),
+        "attribution.images": (
+            work.attribution_images, full.attribution_images,
+            f"attribution: {work.attribution_images} of {full.attribution_images} images explained",
+        ),
+        "attribution.sanity_images": (
+            work.sanity_images, full.sanity_images, f"sanity check: {work.sanity_images} of {full.sanity_images} images"
+        ),
+    }  # fmt: skip
+    notes = []
+    for name, (kept_count, full_count, note) in changes.items():
+        if kept_count < full_count:
+            settings = replaced(settings, name, kept_count)
+            notes.append(f"{note}, {reason}")
+    return settings, notes

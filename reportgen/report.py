@@ -88,9 +88,17 @@ def _probe(settings: Settings, model: LoadedModel, classes: list[str]) -> ProbeS
     return read_probe(Path(settings.images), model.input_shape, classes, settings.resize)
 
 
-def _plan(settings: Settings, model: LoadedModel, engine: Engine, probe: ProbeSet, started: float) -> plan.Plan:
+def _plan(
+    settings: Settings,
+    model: LoadedModel,
+    engine: Engine,
+    probe: ProbeSet,
+    started: float,
+    precedent: plan.Precedent | None,
+) -> plan.Plan:
     """Measure the device, count the model's cost and plan every stage within the budgets, the
-    profile's time counted from `started` (a `time.perf_counter()` reading)."""
+    profile's time counted from `started` (a `time.perf_counter()` reading), repeating the
+    `precedent`'s sampling where the budget calls for sampling."""
     graph = model.graph
     cost = plan.model_cost(graph)
     platform, _, free = plan.free_memory()
@@ -116,7 +124,7 @@ def _plan(settings: Settings, model: LoadedModel, engine: Engine, probe: ProbeSe
         vis,
         min(settings.visualisation.classes or graph.num_classes, graph.num_classes),
     )
-    return plan.make_plan(settings, graph, cost, passes, throughput, work, time.perf_counter() - started)
+    return plan.make_plan(settings, graph, cost, passes, throughput, work, time.perf_counter() - started, precedent)
 
 
 def kernel_of(leaves: Mapping[str, Any], layer: Layer) -> np.ndarray | None:
@@ -282,9 +290,15 @@ def _concepts(
 
 
 def build(
-    settings: Settings, command: str = "", progress: Progress | None = None, release: str | None = None
+    settings: Settings,
+    command: str = "",
+    progress: Progress | None = None,
+    release: str | None = None,
+    precedent: plan.Precedent | None = None,
 ) -> BuildResult:
-    """Run every analysis and write the report folder atomically; raises UserError on bad input."""
+    """Run every analysis and write the report folder atomically; raises UserError on bad input.
+    Where the profile's time budget calls for sampling, the `precedent`'s (an earlier release's)
+    sampling is repeated when it fits (see `plan.make_plan`)."""
     started = time.perf_counter()
     progress = progress or Progress(quiet=True)
     out = Path(settings.out)
@@ -307,7 +321,7 @@ def build(
 
     engine = Engine(model.graph)
     progress.start("plan")
-    build_plan = _plan(settings, model, engine, probe, started)
+    build_plan = _plan(settings, model, engine, probe, started, precedent)
     settings = build_plan.settings
     progress.finish()
     progress.expect({stage.name: stage.estimated_seconds for stage in build_plan.stages})

@@ -15,7 +15,7 @@ import pytest
 import tiny_models
 from conftest import SPEC, linen_variables, save
 
-from reportgen import cli, diff, gates, results, serial
+from reportgen import cli, diff, gates, plan, results, serial
 from reportgen.analyses.ranks import spearman
 from reportgen.data import read_probe
 from reportgen.diff_sections import compared
@@ -33,9 +33,12 @@ def v2_variables() -> dict:
     return variables
 
 
-def build(archive: Path, release: str, checkpoint: Path, probe: Path, classes: Path, *rules: str) -> int:
+def build(
+    archive: Path, release: str, checkpoint: Path, probe: Path, classes: Path, *rules: str, config: Path | None = None
+) -> int:
     argv = ["build", "--model", f"{SPEC}:TinyLinen", "--checkpoint", str(checkpoint), "--images", str(probe)]
     argv += ["--classes", str(classes), "--release", release, "--archive", str(archive), "--quiet"]
+    argv += ["--config", str(config)] if config else []
     for rule in rules:
         argv += ["--fail-on", rule]
     return cli.main(argv)
@@ -267,3 +270,39 @@ def test_strongest_filters_per_class_are_compared_where_filters_correspond(archi
     )
     d = diff.compare(old, dataclasses.replace(new, layers=reversed_means))
     assert not d.evidence and d.evidence_unchanged == len(old.class_evidence) * (len(layers) - 1)
+
+
+def test_an_archived_release_repeats_the_sampling_of_the_release_before_it(
+    tmp_path: Path, linen_checkpoint: Path, tiny_probe: Path, tiny_classes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planner's speed measurements vary between builds, so two builds over one time budget
+    sample differently; an archived release computes what the release before it computed, and
+    the diff compares the same filters, classes, images and sanity stages."""
+    config = tmp_path / "budget.toml"
+    config.write_text("time_budget = 3000\n[layers]\nconcepts = 0\n")
+
+    def measured_at(flops_per_second: float) -> None:
+        speed = plan.Throughput(flops_per_second, flops_per_second, flops_per_second, 0.0)
+        monkeypatch.setattr(plan, "measure_throughput", lambda *args: speed)
+
+    def sampled(folder: Path) -> tuple[dict[str, int], tuple[str, ...]]:
+        recorded = results.load(folder).provenance
+        counts = {key: recorded.settings[key.split(".")[0]][key.split(".")[1]] for key in plan.SAMPLED_SETTINGS}
+        return counts, recorded.plan.sampled
+
+    folder = tmp_path / "releases"
+    measured_at(1e6)
+    assert build(folder, "v1", linen_checkpoint, tiny_probe, tiny_classes, config=config) == 0
+    measured_at(0.7e6)
+    assert build(folder, "v2", linen_checkpoint, tiny_probe, tiny_classes, config=config) == 0
+    argv = ["build", "--model", f"{SPEC}:TinyLinen", "--checkpoint", str(linen_checkpoint), "--quiet"]
+    argv += ["--images", str(tiny_probe), "--classes", str(tiny_classes), "--config", str(config)]
+    assert cli.main([*argv, "--out", str(tmp_path / "alone")]) == 0
+
+    first, notes = sampled(folder / "v1")
+    assert notes and not any("release" in note for note in notes)
+    alone, _ = sampled(tmp_path / "alone")
+    assert alone != first, "a build outside the archive samples anew at the slower speed"
+    second, notes = sampled(folder / "v2")
+    assert second == first
+    assert all("as release v1 sampled it so that the two compare" in note for note in notes[:-1])

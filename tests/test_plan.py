@@ -18,7 +18,7 @@ from conftest import SPEC, save
 
 from reportgen import api, compute, plan, visualisation
 from reportgen.analyses import faithfulness
-from reportgen.config import Settings
+from reportgen.config import Settings, as_dict
 from reportgen.errors import UserError
 from reportgen.model.load import LoadedModel
 from reportgen.progress import Progress
@@ -116,6 +116,44 @@ def test_a_sampled_plan_estimates_what_its_settings_will_compute(two_conv: Loade
         min(chosen.attribution.sanity_stages or 3, 3), {"a": 2, "b": cap}, min(chosen.visualisation.classes or 2, 2),
     )  # fmt: skip
     assert tight.stages == tuple(plan.stage_plans(chosen, graph, cost, passes, throughput, done))
+
+
+def sampled_counts(settings: Settings) -> dict[str, int]:
+    return {key: getattr(getattr(settings, key.split(".")[0]), key.split(".")[1]) for key in plan.SAMPLED_SETTINGS}
+
+
+def test_a_build_repeats_the_sampling_of_the_release_before_it(two_conv: LoadedModel) -> None:
+    """Two releases planned on a machine whose measured speed differs by 30 % would sample
+    different filters, images and stages; the second repeats the first's, so that their diff
+    compares like with like, unless that is estimated far over its time or its budget differs."""
+    graph, cost = two_conv.graph, plan.model_cost(two_conv.graph)
+    passes = plan.Budget(2**30, forward=8, gradient=4)
+    work = plan.Workload(12, 4, 12, 4, 3, {"a": 2, "b": 16}, 2)
+    fast, slower, much_slower = (plan.Throughput(r, r, r, 3.0) for r in (1e6, 0.77e6, 0.3e6))
+    unlimited = Settings(model="m", checkpoint="c", time_budget=math.inf)
+    limit = plan.make_plan(unlimited, graph, cost, passes, fast, work).estimated_seconds * 0.5
+    settings = dataclasses.replace(unlimited, time_budget=limit)
+    first = plan.make_plan(settings, graph, cost, passes, fast, work)
+    precedent = plan.Precedent.of("release v1", as_dict(first.settings), first.sampled)
+    assert precedent is not None and precedent.time_budget == limit
+
+    anew = plan.make_plan(settings, graph, cost, passes, slower, work)
+    assert sampled_counts(anew.settings) != sampled_counts(first.settings), "the speeds must change the sampling"
+    repeated = plan.make_plan(settings, graph, cost, passes, slower, work, precedent=precedent)
+    assert sampled_counts(repeated.settings) == sampled_counts(first.settings)
+    assert repeated.sampled[:-1] and all(
+        "as release v1 sampled it so that the two compare" in line for line in repeated.sampled[:-1]
+    )
+    assert [stage.flops for stage in repeated.stages] == [stage.flops for stage in first.stages]  # the same work
+
+    too_slow = plan.make_plan(settings, graph, cost, passes, much_slower, work, precedent=precedent)
+    assert too_slow.estimated_seconds <= limit
+    assert any("release v1's sampling was estimated at" in line for line in too_slow.sampled)
+    other_budget = dataclasses.replace(settings, time_budget=limit * 0.9)
+    assert plan.make_plan(other_budget, graph, cost, passes, slower, work, precedent=precedent).sampled == (
+        plan.make_plan(other_budget, graph, cost, passes, slower, work).sampled
+    )
+    assert plan.Precedent.of("release v0", as_dict(settings), ()) is None
 
 
 def test_map_inner_sums_and_concatenates_whatever_the_batching() -> None:
