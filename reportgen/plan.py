@@ -711,13 +711,16 @@ def make_plan(
         return sum(s.estimated_seconds for s in stage_plans(settings, graph, cost, passes, throughput, candidate))
 
     sampled: list[str] = []
-    if total(work) > ESTIMATE_MARGIN * left:
+    if (needed := total(work)) > ESTIMATE_MARGIN * left:
         full = work
         same_budget = precedent is not None and math.isclose(precedent.time_budget, limit, rel_tol=1e-5)
         follows = precedent if same_budget else None  # budgets are recorded to 6 significant digits
-        reason = f"to fit the {settings.profile} profile's {limit:.0f} s"
+        reason = (
+            f"why: everything was estimated at {needed:,.0f} s, over the {settings.profile} profile's {limit:,.0f} s"
+        )
         if follows is not None and total(follows.applied(full)) <= PRECEDENT_SLACK * left:
-            work, reason = follows.applied(full), f"{reason}, as {follows.name} sampled it so that the two compare"
+            work = follows.applied(full)
+            reason += f"; {follows.name} sampled the same, and this build repeats it so that the two compare"
         else:
             low, high = 0.0, 1.0
             for _ in range(20):
@@ -725,26 +728,25 @@ def make_plan(
                 low, high = (middle, high) if total(scaled(full, middle)) <= ESTIMATE_MARGIN * left else (low, middle)
             work = scaled(full, low)
             if follows is not None:
-                sampled.append(
-                    f"{follows.name}'s sampling was estimated at {total(follows.applied(full)):.0f} s, over"
-                    f" {PRECEDENT_SLACK:g} times the {left:.0f} s left, so this build sampled anew"
+                reason += (
+                    f"; {follows.name}'s sampling was estimated at {total(follows.applied(full)):,.0f} s, over"
+                    f" {PRECEDENT_SLACK:g} times the {left:,.0f} s left, so this build sampled anew"
                 )
-        settings, notes = sampled_settings(settings, full, work, reason)
-        sampled[:0] = notes
+        settings, notes = sampled_settings(settings, full, work)
         if notes:
-            sampled.append("time_budget = inf (or --profile full) computes everything")
+            sampled = [*notes, reason, "time_budget = inf (or --profile full) computes everything"]
     stages = stage_plans(settings, graph, cost, passes, throughput, work)
     return Plan(passes, throughput, limit, tuple(stages), settings, tuple(sampled))
 
 
-def sampled_settings(settings: Settings, full: Workload, work: Workload, reason: str) -> tuple[Settings, list[str]]:
-    """`settings` lowered to compute `work` instead of `full`, and a note for each setting
-    lowered, ending with `reason`."""
+def sampled_settings(settings: Settings, full: Workload, work: Workload) -> tuple[Settings, list[str]]:
+    """`settings` lowered to compute `work` instead of `full`, and a note for each setting lowered."""
     widest = max(full.vis_filters.values(), default=0)
     kept = max(work.vis_filters.values(), default=0)
+    most_active = "the most active filter" if kept == 1 else f"the {kept} most active filters"
     changes = {
         "visualisation.filters": (
-            kept, widest, f"feature visualisation: the {kept} most active filters of each layer (of up to {widest})"
+            kept, widest, f"feature visualisation: {most_active} of each layer (of up to {widest})"
         ),
         "visualisation.classes": (
             work.classes, full.classes,
@@ -766,5 +768,5 @@ def sampled_settings(settings: Settings, full: Workload, work: Workload, reason:
     for name, (kept_count, full_count, note) in changes.items():
         if kept_count < full_count:
             settings = replaced(settings, name, kept_count)
-            notes.append(f"{note}, {reason}")
+            notes.append(note)
     return settings, notes

@@ -305,4 +305,4 @@ def test_an_archived_release_repeats_the_sampling_of_the_release_before_it(
     assert alone != first, "a build outside the archive samples anew at the slower speed"
     second, notes = sampled(folder / "v2")
     assert second == first
-    assert all("as release v1 sampled it so that the two compare" in note for note in notes[:-1])
+    assert any("release v1 sampled the same, and this build repeats it" in note for note in notes)

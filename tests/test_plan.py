@@ -141,9 +141,7 @@ def test_a_build_repeats_the_sampling_of_the_release_before_it(two_conv: LoadedM
     assert sampled_counts(anew.settings) != sampled_counts(first.settings), "the speeds must change the sampling"
     repeated = plan.make_plan(settings, graph, cost, passes, slower, work, precedent=precedent)
     assert sampled_counts(repeated.settings) == sampled_counts(first.settings)
-    assert repeated.sampled[:-1] and all(
-        "as release v1 sampled it so that the two compare" in line for line in repeated.sampled[:-1]
-    )
+    assert any("release v1 sampled the same, and this build repeats it" in line for line in repeated.sampled)
     assert [stage.flops for stage in repeated.stages] == [stage.flops for stage in first.stages]  # the same work
 
     too_slow = plan.make_plan(settings, graph, cost, passes, much_slower, work, precedent=precedent)
