@@ -2,4 +2,5 @@
 
 from reportgen.cli import entry
 
-entry()
+if __name__ == "__main__":  # the figure store's worker processes import this module again
+    entry()

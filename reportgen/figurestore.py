@@ -1,5 +1,6 @@
-"""The report's figures: drawn on worker threads, kept as PNG bytes by file name, and shown in the
-page either linked (figures/NAME) or embedded as data URIs while the page is written.
+"""The report's figures: drawn on worker threads (numpy and PIL) or worker processes (matplotlib
+charts), kept as PNG bytes by file name, and shown in the page either linked (figures/NAME) or
+embedded as data URIs while the page is written.
 
 Embedded figures are not put into the HTML when the sections are built. Their `src` is a marker
 holding the figure's name and a per-build nonce (so no user string can imitate one), and
@@ -11,12 +12,16 @@ sections around it are laid out.
 from __future__ import annotations
 
 import base64
+import functools
+import multiprocessing
 import os
 import re
 import secrets
+import sys
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
 from types import TracebackType
 
 from reportgen.views import FigureView
@@ -30,6 +35,26 @@ def workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+MAIN_GUARD = re.compile(r"""__name__\s*==\s*["']__main__["']""")
+
+
+@functools.cache
+def processes_can_start() -> bool:
+    """Whether chart worker processes may be spawned. A spawned process imports the main script
+    again: harmless under `python -m reportgen`, the `reportgen` command, pytest, interactive
+    sessions and notebooks, but a script that builds a report at its top level, outside
+    `if __name__ == "__main__":`, would build it again in every worker."""
+    if multiprocessing.parent_process() is not None:
+        return False  # this is a worker process
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if path is None:
+        return True  # nothing to import again
+    try:
+        return MAIN_GUARD.search(Path(path).read_text(encoding="utf-8", errors="replace")) is not None
+    except OSError:
+        return False
+
+
 class FigureStore:
     """PNG figures by file name and the views that show them; a context manager that owns the
     drawing threads. A few figures at most wait to be drawn: the caller blocks rather than run
@@ -39,6 +64,7 @@ class FigureStore:
         self.external = external
         self._figures: dict[str, Future[bytes]] = {}
         self._pool = ThreadPoolExecutor(workers(), thread_name_prefix="figures")
+        self._charts: ProcessPoolExecutor | None = None  # started with the first chart
         self._slots = threading.BoundedSemaphore(2 * workers())  # figures queued or drawing at once
         self._marker = f"@figure-{secrets.token_hex(8)}@"
 
@@ -49,24 +75,48 @@ class FigureStore:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._charts is not None:
+            self._charts.shutdown(wait=True, cancel_futures=True)
 
     def __contains__(self, name: str) -> bool:
         return name in self._figures
 
     def add(self, name: str, figure: bytes | Callable[[], bytes], alt: str, caption: str = "") -> FigureView:
-        """Keep a figure and return its view: PNG bytes (a matplotlib chart, drawn on the calling
-        thread), or a function that draws one with numpy and PIL, called on a worker thread."""
-        if name in self._figures:
-            raise ValueError(f"duplicate figure name {name}")
+        """Keep a figure and return its view: PNG bytes, or a function that draws one with numpy
+        and PIL, called on a worker thread."""
+        self._check_new(name)
         if isinstance(figure, bytes):
             done: Future[bytes] = Future()
             done.set_result(figure)
-            self._figures[name] = done
-        else:
-            self._slots.acquire()
-            drawing = self._pool.submit(figure)
-            drawing.add_done_callback(lambda _: self._slots.release())
-            self._figures[name] = drawing
+            return self._keep(name, done, alt, caption)
+        return self._keep(name, self._submit(self._pool, figure), alt, caption)
+
+    def chart(self, name: str, draw: Callable[[], bytes], alt: str, caption: str = "") -> FigureView:
+        """Keep a matplotlib chart and return its view. `draw` (a module-level function or a
+        `functools.partial` of one, with picklable arguments) runs in a worker process: matplotlib
+        holds the GIL while it lays out text and ticks, 0.2-0.5 s a chart, and a report draws two
+        for every layer."""
+        self._check_new(name)
+        if not processes_can_start():
+            return self.add(name, draw(), alt, caption)
+        if self._charts is None:
+            spawn = multiprocessing.get_context("spawn")  # a fork would copy JAX's threads' locks
+            self._charts = ProcessPoolExecutor(workers(), mp_context=spawn)
+        return self._keep(name, self._submit(self._charts, draw), alt, caption)
+
+    def _submit(self, pool: Executor, draw: Callable[[], bytes]) -> Future[bytes]:
+        """`draw` run on `pool`, once fewer than the slots' figures are waiting."""
+        self._slots.acquire()
+        drawing = pool.submit(draw)
+        drawing.add_done_callback(lambda _: self._slots.release())
+        return drawing
+
+    def _check_new(self, name: str) -> None:
+        if name in self._figures:
+            raise ValueError(f"duplicate figure name {name}")
+
+    def _keep(self, name: str, figure: Future[bytes], alt: str, caption: str) -> FigureView:
+        self._figures[name] = figure
         return self.view(name, alt, caption)
 
     def view(self, name: str, alt: str, caption: str = "") -> FigureView:

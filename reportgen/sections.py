@@ -164,7 +164,9 @@ def layer_view(
             )
         )
         figs.append(
-            store.add(f"{prefix}-filter-norms.png", figures.filter_norm_chart(kernel), f"{layer.name} filter norms", "")
+            store.chart(
+                f"{prefix}-filter-norms.png", partial(figures.filter_norm_chart, kernel), f"{layer.name} filter norms"
+            )
         )
     if layer.name in maps:
         layer_maps = maps[layer.name]
@@ -205,9 +207,9 @@ def layer_view(
             )
         )
     figs.append(
-        store.add(
+        store.chart(
             f"{prefix}-statistics.png",
-            figures.statistics_chart(stats.mean, stats.firing, stats.max),
+            partial(figures.statistics_chart, stats.mean, stats.firing, stats.max),
             f"{layer.name} statistics",
             "",
         )
@@ -351,9 +353,9 @@ def predictions_section(
     """Every probe image's top-5, the misclassified ones, and the confusion matrix."""
     rows = tuple(prediction_view(i, probe, pred, classes, store, "probe") for i in range(len(probe.names)))
     confusion = (
-        store.add(
+        store.chart(
             "confusion-matrix.png",
-            figures.confusion_chart(pred.confusion),
+            partial(figures.confusion_chart, pred.confusion),
             "confusion matrix",
             "Rows: true class; columns: predicted class; red boxes: errors.",
         )
@@ -443,9 +445,9 @@ def evidence_section(
         filters = filter_order(share)
         name = layer_evidence.layer
         heatmaps.append(
-            store.add(
+            store.chart(
                 f"evidence-{figure_prefix(index[name], name)}.png",
-                figures.evidence_heatmap(share[:, filters], [names[k] for k in order], filters, name),
+                partial(figures.evidence_heatmap, share[:, filters], [names[k] for k in order], filters, name),
                 f"Share of each class's evidence per filter of {name}",
                 f"{name}: rows are classes, ordered so that classes relying on the same filters sit together;"
                 " columns are filters, grouped by the class they serve most. A column red in many rows is a"
@@ -571,18 +573,19 @@ def attribution_view(
             panel("ROAD, most relevant first (lower is better)", imputed, fractions, "road_morf_curve"),
             panel("ROAD, least relevant first (higher is better)", imputed, fractions, "road_lerf_curve"),
         ]
-    curves = store.add(
+    curves = store.chart(
         "attribution-faithfulness.png",
-        figures.faithfulness_chart((*titles, *references), panels, len(references)),
+        partial(figures.faithfulness_chart, (*titles, *references), panels, len(references)),
         "deletion, insertion and ROAD curves",
         "Mean class probability as the most important pixels are turned black (deletion) or revealed on a"
         " blurred copy (insertion), and as the most or least important are filled in from their neighbours"
         " (ROAD); the dotted grey curves are the reference maps.",
     )
     flagged = [bool(verdict(m, summary.sanity_threshold)) for m in summary.methods]
-    sanity_figure = store.add(
+    sanity_figure = store.chart(
         "attribution-sanity.png",
-        figures.sanity_chart(
+        partial(
+            figures.sanity_chart,
             titles,
             result.sanity_layers,
             result.sanity,

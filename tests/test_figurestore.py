@@ -1,14 +1,20 @@
-"""The figure store: figures drawn on worker threads, embedded into the page as it is written."""
+"""The figure store: figures drawn on worker threads and charts in worker processes, embedded into
+the page as it is written."""
 
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
+import sys
 import threading
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from reportgen import output
+from reportgen import figures, output
 from reportgen.figurestore import FigureStore
 
 
@@ -69,3 +75,39 @@ def test_a_figure_name_is_kept_once() -> None:
         store.add("d.png", b"png", "d")
         with pytest.raises(ValueError, match="duplicate"):
             store.add("d.png", b"png", "d")
+
+
+def process_id() -> bytes:
+    return str(os.getpid()).encode()
+
+
+def broken_chart() -> bytes:
+    raise RuntimeError("cannot draw in a worker process")
+
+
+def test_charts_are_drawn_in_worker_processes_exactly_as_here() -> None:
+    rng = np.random.default_rng(0)
+    statistics = (rng.normal(size=64), rng.uniform(size=64), rng.gamma(2.0, size=64))
+    with FigureStore(external=False) as store:
+        store.chart("statistics.png", partial(figures.statistics_chart, *statistics), "statistics")
+        store.chart("pid.png", process_id, "pid")
+        store.chart("broken.png", broken_chart, "broken")
+        with pytest.raises(ValueError, match="duplicate"):
+            store.chart("pid.png", process_id, "pid")
+        with pytest.raises(RuntimeError, match="cannot draw in a worker process"):
+            store.files()
+        drawn = {name: store._figures[name].result() for name in ("statistics.png", "pid.png")}
+    assert int(drawn["pid.png"]) != os.getpid()
+    assert drawn["statistics.png"] == figures.statistics_chart(*statistics)
+
+
+@pytest.mark.parametrize(("script", "spawns"), [("", False), ('if __name__ == "__main__":\n    pass\n', True)])
+def test_charts_stay_in_process_when_a_worker_would_run_the_main_script_again(
+    tmp_path: Path, script: str, spawns: bool
+) -> None:
+    """A spawned process imports the main script again: one that builds a report outside a
+    `__main__` guard would build it again in every worker."""
+    path = tmp_path / "build_script.py"
+    path.write_text(f"from reportgen.figurestore import processes_can_start\nprint(processes_can_start())\n{script}")
+    done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, check=True)
+    assert done.stdout == f"{spawns}\n"
