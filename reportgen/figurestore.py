@@ -55,6 +55,12 @@ def processes_can_start() -> bool:
         return False
 
 
+def _chart_worker() -> None:
+    """Set up a chart worker process: should a chart's data ever hold a JAX array, unpickling it
+    there must not claim the accelerator the build is using."""
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
 class FigureStore:
     """PNG figures by file name and the views that show them; a context manager that owns the
     drawing threads. A few figures at most wait to be drawn: the caller blocks rather than run
@@ -101,7 +107,7 @@ class FigureStore:
             return self.add(name, draw(), alt, caption)
         if self._charts is None:
             spawn = multiprocessing.get_context("spawn")  # a fork would copy JAX's threads' locks
-            self._charts = ProcessPoolExecutor(workers(), mp_context=spawn)
+            self._charts = ProcessPoolExecutor(workers(), mp_context=spawn, initializer=_chart_worker)
         return self._keep(name, self._submit(self._charts, draw), alt, caption)
 
     def _submit(self, pool: Executor, draw: Callable[[], bytes]) -> Future[bytes]:
