@@ -9,7 +9,7 @@ from pathlib import Path
 
 from reportgen.diff import Diff
 from reportgen.findings import listed
-from reportgen.results import ClassScore, Finding
+from reportgen.results import SAMPLED_SETTINGS, ClassScore, Finding
 from reportgen.summary import code, escape, finding_lines, fit, table
 from reportgen.views import (
     CSP,
@@ -182,6 +182,21 @@ def diff_view(diff: Diff, gates: Sequence[tuple[str, bool, str]], folders: tuple
         provenance_unchanged=len(provenance) - len(changed_provenance),
         evidence=evidence,
         evidence_note=_evidence_note(diff),
+        sampling_note=sampling_note(diff),
+    )
+
+
+def sampling_note(diff: Diff) -> str:
+    """What the two reports computed on different samples (the settings a time budget lowers),
+    so that a reader does not take a change of sample for a change of the model; "" if none."""
+    keys = {f"settings.{name}": name for name in SAMPLED_SETTINGS}
+    changed = [f"{keys[s.key]} {s.old} → {s.new}" for s in diff.provenance if s.key in keys and s.changed]
+    if not changed:
+        return ""
+    return (
+        f"The two reports computed different samples ({', '.join(changed)}; 0: all): means over the explained"
+        " images, the sanity check's stages and images, and the visualised filters and classes compare"
+        " different work, not only a different model."
     )
 
 
@@ -209,6 +224,8 @@ def diff_markdown(diff: Diff, gates: Sequence[tuple[str, bool, str]], link: str 
         )
     ]
     lines += table(("", old, new, "change"), rows)
+    if note := sampling_note(diff):
+        lines += ["", escape(note)]
     if gates:
         lines += ["", "## Gates", ""]
         lines += [

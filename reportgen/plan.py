@@ -30,6 +30,7 @@ from reportgen.analyses.featurevis import Visualiser
 from reportgen.config import Settings
 from reportgen.errors import UserError
 from reportgen.model.graph import Graph
+from reportgen.results import SAMPLED_SETTINGS
 
 GIB = 1024**3
 
@@ -632,16 +633,6 @@ def replaced(settings: Settings, name: str, value: Any) -> Settings:
     table, field = name.split(".")
     return dataclasses.replace(settings, **{table: dataclasses.replace(getattr(settings, table), **{field: value})})
 
-
-SAMPLED_SETTINGS = (
-    "visualisation.filters",
-    "visualisation.classes",
-    "attribution.sanity_stages",
-    "attribution.images",
-    "attribution.sanity_images",
-)
-"""The settings a profile's time budget may lower ("table.name"); all but the sanity images
-count everything with 0."""
 
 PRECEDENT_SLACK = 1.5
 """How far over the time left an earlier build's sampling may be estimated and still be repeated.

@@ -343,6 +343,17 @@ class PlanStage:
     compile_seconds: float | None
 
 
+SAMPLED_SETTINGS = (
+    "visualisation.filters",
+    "visualisation.classes",
+    "attribution.sanity_stages",
+    "attribution.images",
+    "attribution.sanity_images",
+)
+"""The settings a profile's time budget may lower ("table.name"; `PlanRecord.sampled` says which
+it did); all but the sanity images count everything with 0."""
+
+
 @dataclass(frozen=True)
 class PlanRecord:
     """The build plan: budgets, what was sampled, and per-stage figures (machine-dependent figures

@@ -339,3 +339,4 @@ class DiffView:
     provenance_unchanged: int
     evidence: tuple[Compared, ...] = ()  # classes whose strongest filter at a layer changed
     evidence_note: str = ""
+    sampling_note: str = ""  # what the two reports computed on different samples

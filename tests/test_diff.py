@@ -306,3 +306,9 @@ def test_an_archived_release_repeats_the_sampling_of_the_release_before_it(
     second, notes = sampled(folder / "v2")
     assert second == first
     assert any("release v1 sampled the same, and this build repeats it" in note for note in notes)
+    assert "computed different samples" not in (folder / "diffs" / "v1--v2" / "diff.html").read_text()
+    assert cli.main(["diff", str(folder / "v1"), str(tmp_path / "alone"), "--out", str(tmp_path / "d"), "--quiet"]) == 0
+    changed = [f"{key} {first[key]} → {alone[key]}" for key in plan.SAMPLED_SETTINGS if first[key] != alone[key]]
+    for page in ("diff.html", "summary.md"):
+        text = (tmp_path / "d" / page).read_text()
+        assert "The two reports computed different samples" in text and all(c in text for c in changed)
