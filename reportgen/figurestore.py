@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import re
 import secrets
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -56,8 +57,10 @@ def processes_can_start() -> bool:
 
 
 def _chart_worker() -> None:
-    """Set up a chart worker process: should a chart's data ever hold a JAX array, unpickling it
-    there must not claim the accelerator the build is using."""
+    """Set up a chart worker process. Ctrl-C reaches the whole process group: the build stops and
+    shuts the workers down, so they ignore it rather than print a traceback each. Should a chart's
+    data ever hold a JAX array, unpickling it here must not claim the build's accelerator."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 
