@@ -609,23 +609,39 @@ def vis_stage_name(layers: tuple[str, ...]) -> str:
     return f"visualise {layers[0]} to {layers[-1]} ({len(layers)} layers)"
 
 
-def scaled(work: Workload, fraction: float) -> Workload:
-    """`work` with every reducible count scaled by `fraction` (at least 1 of each; 2 sanity stages).
-    Filters are capped as `visualisation.filters` caps them: the widest layer's count scaled, and
-    every layer keeping up to that many."""
+def sampled_counts(work: Workload) -> dict[str, int]:
+    """Each of SAMPLED_SETTINGS as `work` computes it (filters: the widest layer's count)."""
+    return {
+        "visualisation.filters": max(work.vis_filters.values(), default=0),
+        "visualisation.classes": work.classes,
+        "attribution.sanity_stages": work.sanity_stages,
+        "attribution.images": work.attribution_images,
+        "attribution.sanity_images": work.sanity_images,
+    }
 
-    def part(count: int, least: int = 1) -> int:
-        return min(count, max(least, round(count * fraction)))
 
-    cap = part(max(work.vis_filters.values(), default=0))
+def with_counts(work: Workload, counts: dict[str, int]) -> Workload:
+    """`work` computing `counts` (see `sampled_counts`). Filters are capped as
+    `visualisation.filters` caps them: every layer keeps up to that many."""
+    cap = counts["visualisation.filters"]
     return dataclasses.replace(
         work,
-        attribution_images=part(work.attribution_images),
-        sanity_images=part(work.sanity_images),
-        sanity_stages=part(work.sanity_stages, 2),
+        attribution_images=counts["attribution.images"],
+        sanity_images=counts["attribution.sanity_images"],
+        sanity_stages=counts["attribution.sanity_stages"],
         vis_filters={layer: min(count, cap) for layer, count in work.vis_filters.items()},
-        classes=part(work.classes),
+        classes=counts["visualisation.classes"],
     )
+
+
+def scaled(work: Workload, fraction: float) -> Workload:
+    """`work` with every reducible count scaled by `fraction` (at least 1 of each; 2 sanity stages)."""
+
+    def part(count: int, least: int) -> int:
+        return min(count, max(least, round(count * fraction)))
+
+    least = {"attribution.sanity_stages": 2}
+    return with_counts(work, {key: part(count, least.get(key, 1)) for key, count in sampled_counts(work).items()})
 
 
 def replaced(settings: Settings, name: str, value: Any) -> Settings:
@@ -671,15 +687,7 @@ class Precedent:
             kept = self.counts[key]
             return min(full, kept) if kept > 0 or key == "attribution.sanity_images" else full
 
-        filters = cap(max(work.vis_filters.values(), default=0), "visualisation.filters")
-        return dataclasses.replace(
-            work,
-            attribution_images=cap(work.attribution_images, "attribution.images"),
-            sanity_images=cap(work.sanity_images, "attribution.sanity_images"),
-            sanity_stages=cap(work.sanity_stages, "attribution.sanity_stages"),
-            vis_filters={layer: min(count, filters) for layer, count in work.vis_filters.items()},
-            classes=cap(work.classes, "visualisation.classes"),
-        )
+        return with_counts(work, {key: cap(count, key) for key, count in sampled_counts(work).items()})
 
 
 def make_plan(
@@ -714,8 +722,10 @@ def make_plan(
             f" leave {ESTIMATE_MARGIN * left:,.0f} s for it (after loading, planning, writing and a"
             f" {1 - ESTIMATE_MARGIN:.0%} margin)"
         )
-        if follows is not None and total(follows.applied(full)) <= PRECEDENT_SLACK * left:
-            work = follows.applied(full)
+        repeated = follows.applied(full) if follows is not None else None
+        repeated_seconds = total(repeated) if repeated is not None else math.inf
+        if follows is not None and repeated is not None and repeated_seconds <= PRECEDENT_SLACK * left:
+            work = repeated
             reason += f"; {follows.name} sampled the same, and this build repeats it so that the two compare"
         else:
             low, high = 0.0, 1.0
@@ -725,7 +735,7 @@ def make_plan(
             work = scaled(full, low)
             if follows is not None:
                 reason += (
-                    f"; {follows.name}'s sampling was estimated at {total(follows.applied(full)):,.0f} s, over"
+                    f"; {follows.name}'s sampling was estimated at {repeated_seconds:,.0f} s, over"
                     f" {PRECEDENT_SLACK:g} times the {left:,.0f} s left, so this build sampled anew"
                 )
         settings, notes = sampled_settings(settings, full, work)
@@ -737,32 +747,29 @@ def make_plan(
 
 def sampled_settings(settings: Settings, full: Workload, work: Workload) -> tuple[Settings, list[str]]:
     """`settings` lowered to compute `work` instead of `full`, and a note for each setting lowered."""
-    widest = max(full.vis_filters.values(), default=0)
-    kept = max(work.vis_filters.values(), default=0)
-    most_active = "the most active filter" if kept == 1 else f"the {kept} most active filters"
-    changes = {
+    kept, whole = sampled_counts(work), sampled_counts(full)
+    filters = kept["visualisation.filters"]
+    most_active = "the most active filter" if filters == 1 else f"the {filters} most active filters"
+    notes = {
         "visualisation.filters": (
-            kept, widest, f"feature visualisation: {most_active} of each layer (of up to {widest})"
+            f"feature visualisation: {most_active} of each layer (of up to {whole['visualisation.filters']})"
         ),
         "visualisation.classes": (
-            work.classes, full.classes,
-            f"class visualisation: the {work.classes} of {full.classes} classes predicted most often",
+            f"class visualisation: the {kept['visualisation.classes']} of {whole['visualisation.classes']}"
+            " classes predicted most often"
         ),
         "attribution.sanity_stages": (
-            work.sanity_stages, full.sanity_stages,
-            f"sanity check: {work.sanity_stages} stages of consecutive layers instead of {full.sanity_stages}",
+            f"sanity check: {kept['attribution.sanity_stages']} stages of consecutive layers"
+            f" instead of {whole['attribution.sanity_stages']}"
         ),
         "attribution.images": (
-            work.attribution_images, full.attribution_images,
-            f"attribution: {work.attribution_images} of {full.attribution_images} images explained",
+            f"attribution: {kept['attribution.images']} of {whole['attribution.images']} images explained"
         ),
         "attribution.sanity_images": (
-            work.sanity_images, full.sanity_images, f"sanity check: {work.sanity_images} of {full.sanity_images} images"
+            f"sanity check: {kept['attribution.sanity_images']} of {whole['attribution.sanity_images']} images"
         ),
-    }  # fmt: skip
-    notes = []
-    for name, (kept_count, full_count, note) in changes.items():
-        if kept_count < full_count:
-            settings = replaced(settings, name, kept_count)
-            notes.append(note)
-    return settings, notes
+    }
+    lowered = [key for key in SAMPLED_SETTINGS if kept[key] < whole[key]]
+    for key in lowered:
+        settings = replaced(settings, key, kept[key])
+    return settings, [notes[key] for key in lowered]
