@@ -60,6 +60,15 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--redact", action="store_true", default=None, help="leave absolute paths, user and host names out"
     )
+    hosts = build.add_argument_group(
+        "several hosts", "run the same command on every host; process 0 writes the report (see README, Scale)"
+    )
+    hosts.add_argument(
+        "--distributed", action="store_true", help="join a multi-host run (detected from Slurm, Open MPI or a TPU pod)"
+    )
+    hosts.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (implies --distributed)")
+    hosts.add_argument("--num-processes", type=int, metavar="N", help="processes in the run (implies --distributed)")
+    hosts.add_argument("--process-id", type=int, metavar="I", help="this process's index (implies --distributed)")
     _common(build)
     diff = commands.add_parser("diff", help="compare two reports (folders or report.json files)")
     diff.add_argument("old", help="the earlier report: a report folder or its report.json")
@@ -162,10 +171,21 @@ def _precedent(folder: Path, release: str) -> plan.Precedent | None:
     return plan.Precedent.of(f"release {previous}", recorded.settings, recorded.plan.sampled)
 
 
+def _join_hosts(args: argparse.Namespace) -> bool:
+    """Join the multi-host run the arguments ask for; whether this process writes the report."""
+    from reportgen import distributed
+
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if args.distributed or any(value is not None for value in explicit):
+        distributed.start(*explicit)
+    return distributed.is_first()
+
+
 def _build(args: argparse.Namespace) -> int:
     from reportgen import archive, config, report
     from reportgen.progress import Progress
 
+    writes = _join_hosts(args)
     rules = gates.parse_all(args.fail_on, diff=args.archive is not None)
     if args.archive is not None:
         if args.release is None or args.out is not None:
@@ -186,9 +206,11 @@ def _build(args: argparse.Namespace) -> int:
         "redact": args.redact,
     }
     settings = config.resolve(flags, args.config)
-    progress = Progress(quiet=args.quiet)
+    progress = Progress(quiet=args.quiet or not writes)
     precedent = _precedent(Path(args.archive), args.release) if args.archive is not None else None
     result = report.build(settings, report.command_line(), progress, args.release, precedent)
+    if result is None:  # another host's process: its share is computed, process 0 writes
+        return 0
     broken = gates.broken([r for r in rules if not gates.METRICS[r.metric].needs_diff], result.report)
     if args.archive is not None:
         broken += archive.publish(Path(args.archive), args.release, rules)

@@ -3,7 +3,7 @@
 Analyses are written for one example. `map_examples` vmaps them, jit-compiles them once per
 function and chunk size, and feeds fixed-size chunks (the last one padded) so shapes never change
 and nothing recompiles. The example axis is sharded over a mesh of every device, so the same code
-runs on one CPU, several GPUs or a TPU slice.
+runs on one CPU, several GPUs, a TPU slice or several hosts (`reportgen.distributed`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from reportgen import distributed
 
 AXIS = "examples"
 
@@ -48,12 +50,18 @@ def enable_compilation_cache() -> None:
 
 @functools.cache
 def _mesh() -> Mesh:
-    return Mesh(np.asarray(jax.devices()), (AXIS,))
+    """This host's devices: in a multi-host run each host computes whole chunks of its own. A CPU
+    host there counts as one device (XLA's virtual CPU devices would exchange data over gloo,
+    whose collectives between the devices of one process were seen to deadlock)."""
+    devices = jax.local_devices()
+    if distributed.processes() > 1 and devices[0].platform == "cpu":
+        devices = devices[:1]
+    return Mesh(np.asarray(devices), (AXIS,))
 
 
 def chunk_for(requested: int) -> int:
-    """The chunk size actually used: a multiple of the device count."""
-    devices = len(jax.devices())
+    """The chunk size actually used: a multiple of the number of devices sharing a chunk."""
+    devices = _mesh().devices.size
     return max(devices, -(-requested // devices) * devices)
 
 
@@ -128,6 +136,8 @@ def _chunks(
     to concatenate: peak memory holds the result once). The size depends on n only through that
     power of two, so new data of another length rarely needs a new program."""
     size = chunk_size(n, chunk)
+    if distributed.processes() > 1:  # process 0's size: hosts with more free memory would pick larger
+        return _chunks_across_hosts(n, distributed.agree(size), compute_chunk, progress)
     lock = threading.Lock()
     stacked: list[Any] = []  # the result, allocated when the first chunk arrives
 
@@ -151,6 +161,36 @@ def _chunks(
         for start in starts:
             one(start)
     return stacked[0]
+
+
+def _chunks_across_hosts(
+    n: int, size: int, compute_chunk: Callable[[int, int], Any], progress: Callable[[int], None] | None
+) -> Any:
+    """`_chunks` in a multi-host run: chunk c is computed by process c mod P on its own devices,
+    every process computing the same number of chunks (its last repeated as padding), and one
+    all-gather puts them in order on every process. Programs hold no cross-host collectives, whose
+    latency over a data-centre network (or gloo on CPUs) would be paid at every step."""
+    hosts, me = distributed.processes(), distributed.index()
+    count = -(-n // size)
+    rounds = -(-count // hosts)
+    mine = [min(c, count - 1) for c in range(me, rounds * hosts, hosts)]
+    lock = threading.Lock()
+
+    def one(c: int) -> Any:
+        with RANDOM_BITS:
+            out = jax.tree.map(np.asarray, compute_chunk(c * size, size))
+        if progress is not None:
+            with lock:
+                progress(min(size, n - c * size))
+        return out
+
+    with ThreadPoolExecutor(workers()) as pool:
+        pieces = list(pool.map(one, mine))
+    local = jax.tree.map(lambda *xs: np.stack(xs), *pieces)  # (rounds, size, ...)
+    gathered = distributed.gather(local)  # (hosts, rounds, size, ...): chunk c at [c % P, c // P]
+    if progress is not None:
+        progress(n - sum(min(size, n - c * size) for c in mine))  # the other hosts' rows
+    return jax.tree.map(lambda g: np.swapaxes(g, 0, 1).reshape(-1, *g.shape[3:])[:n], gathered)
 
 
 def _shard(arrays: tuple[np.ndarray, ...], start: int, size: int) -> list[jax.Array]:

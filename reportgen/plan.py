@@ -111,10 +111,11 @@ def model_cost(graph: Graph) -> ModelCost:
 
 
 def free_memory() -> tuple[str, int, int]:
-    """(platform, device count, free bytes): device memory where JAX reports it, else host RAM."""
+    """(platform, device count, free bytes): device memory where JAX reports it, else host RAM
+    (of this host's first device: the plan every host follows is the first process's)."""
     devices = jax.devices()
     platform = devices[0].platform
-    stats = devices[0].memory_stats() if platform != "cpu" else None
+    stats = jax.local_devices()[0].memory_stats() if platform != "cpu" else None
     if stats and "bytes_limit" in stats:
         return platform, len(devices), int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
     return platform, len(devices), _available_ram()

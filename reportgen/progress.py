@@ -34,7 +34,7 @@ class PeakMemory:
     def current(self) -> int:
         """Bytes in use now."""
         if self._device is None:
-            self._device, self._process = jax.devices()[0], _this_process()
+            self._device, self._process = jax.local_devices()[0], _this_process()
         stats = self._device.memory_stats() if self._device.platform != "cpu" else None
         if stats and "bytes_in_use" in stats:
             return int(stats["bytes_in_use"])

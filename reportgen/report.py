@@ -20,7 +20,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reportgen import attribution, collect, findings, output, plan, results, sections, summary, visualisation
+from reportgen import (
+    attribution,
+    collect,
+    distributed,
+    findings,
+    output,
+    plan,
+    results,
+    sections,
+    summary,
+    visualisation,
+)
 from reportgen.analyses import activations, classfilters, concepts, patches, predictions
 from reportgen.compute import enable_compilation_cache, map_examples, workers
 from reportgen.config import Settings
@@ -124,7 +135,8 @@ def _plan(
         vis,
         min(settings.visualisation.classes or graph.num_classes, graph.num_classes),
     )
-    return plan.make_plan(settings, graph, cost, passes, throughput, work, time.perf_counter() - started, precedent)
+    chosen = plan.make_plan(settings, graph, cost, passes, throughput, work, time.perf_counter() - started, precedent)
+    return distributed.agree(chosen)  # hosts measure different speeds; all must run the same programs
 
 
 def kernel_of(leaves: Mapping[str, Any], layer: Layer) -> np.ndarray | None:
@@ -295,10 +307,12 @@ def build(
     progress: Progress | None = None,
     release: str | None = None,
     precedent: plan.Precedent | None = None,
-) -> BuildResult:
+) -> BuildResult | None:
     """Run every analysis and write the report folder atomically; raises UserError on bad input.
     Where the profile's time budget calls for sampling, the `precedent`'s (an earlier release's)
-    sampling is repeated when it fits (see `plan.make_plan`)."""
+    sampling is repeated when it fits (see `plan.make_plan`). In a multi-host run
+    (`reportgen.distributed`) every process computes and only the first writes; the others
+    return None."""
     started = time.perf_counter()
     progress = progress or Progress(quiet=True)
     out = Path(settings.out)
@@ -377,6 +391,8 @@ def build(
     filter_vis, class_vis = visualisation.run(
         engine, model, probe.images, stats, layer_stats, settings, build_plan.stages, class_order, progress
     )
+    if not distributed.is_first():
+        return None  # another host of a multi-host run: its share is computed, process 0 writes
     vis_by_layer = {v.layer: v for v in filter_vis}
     parameters = dict(zip(leaf_paths(model.variables), jax.tree.leaves(model.variables), strict=True))
     result = results.Report(

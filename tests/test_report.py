@@ -24,7 +24,9 @@ def build(out: Path, checkpoint: Path, images: Path, classes: Path | None, **ext
     flags = {"model": f"{SPEC}:TinyLinen", "checkpoint": str(checkpoint), "images": str(images), "out": str(out)}
     flags["classes"] = str(classes) if classes else None
     settings = config.resolve({**flags, **extra}, cwd=out.parent)
-    return report.build(settings, command="reportgen build (test)")
+    result = report.build(settings, command="reportgen build (test)")
+    assert result is not None, "a single-process build writes its report"
+    return result
 
 
 class Links(HTMLParser):

@@ -238,7 +238,12 @@ def restore_tree(item: Path) -> Tree:
             # Arrays are copied to host numpy below, so orbax's note about missing sharding is moot.
             warnings.filterwarnings("ignore", message=".*[Ss]harding info not provided.*")
             with ocp.PyTreeCheckpointer() as checkpointer:
-                restored = checkpointer.restore(item.resolve())
+                on_this_host = _on_this_host(checkpointer, item)
+                restored = (
+                    checkpointer.restore(item.resolve())
+                    if on_this_host is None
+                    else checkpointer.restore(item.resolve(), args=on_this_host)
+                )
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else ""
         for noise in (" [tensorstore_spec=", " See full TensorStore details"):
@@ -251,6 +256,22 @@ def restore_tree(item: Path) -> Tree:
     if not isinstance(restored, Mapping):
         raise UserError(f"checkpoint {item} holds a {type(restored).__name__}, not a tree of arrays")
     return jax.tree.map(_host, dict(restored))
+
+
+def _on_this_host(checkpointer: ocp.PyTreeCheckpointer, item: Path) -> ocp.args.PyTreeRestore | None:
+    """In a multi-host run, arguments that restore every array whole onto this host's first
+    device (orbax otherwise asks for a sharding of each array across the hosts); None elsewhere."""
+    if jax.process_count() == 1:
+        return None
+    saved = checkpointer.metadata(item.resolve()).item_metadata.tree
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def restore_args(leaf: Any) -> ocp.RestoreArgs:
+        if isinstance(leaf, ocp.metadata.ArrayMetadata):
+            return ocp.ArrayRestoreArgs(sharding=here)
+        return ocp.RestoreArgs()
+
+    return ocp.args.PyTreeRestore(restore_args=jax.tree.map(restore_args, saved))
 
 
 def _host(leaf: Any) -> Any:
