@@ -218,7 +218,7 @@ def _passes(model: LoadedModel, chunk: int | None) -> Passes:
         return Passes(0, forward=chunk, gradient=chunk)
 
     def default() -> Passes:
-        platform, _, free = plan.free_memory()
+        platform, free = plan.free_memory()
         return plan.budget(plan.model_cost(model.graph), 0.0, platform, free, workers())
 
     return _cached(model, ("passes",), default)

@@ -2,8 +2,9 @@
 
 Analyses are written for one example. `map_examples` vmaps them, jit-compiles them once per
 function and chunk size, and feeds fixed-size chunks (the last one padded) so shapes never change
-and nothing recompiles. The example axis is sharded over a mesh of every device, so the same code
-runs on one CPU, several GPUs, a TPU slice or several hosts (`reportgen.distributed`).
+and nothing recompiles. The example axis is sharded over a mesh of the host's devices, so the same
+code runs on one CPU, several GPUs or a TPU slice; in a multi-host run (`reportgen.distributed`)
+the hosts take turns at the chunks.
 """
 
 from __future__ import annotations

@@ -110,15 +110,14 @@ def model_cost(graph: Graph) -> ModelCost:
     )
 
 
-def free_memory() -> tuple[str, int, int]:
-    """(platform, device count, free bytes): device memory where JAX reports it, else host RAM
-    (of this host's first device: the plan every host follows is the first process's)."""
-    devices = jax.devices()
-    platform = devices[0].platform
-    stats = jax.local_devices()[0].memory_stats() if platform != "cpu" else None
+def free_memory() -> tuple[str, int]:
+    """(platform, free bytes) of this host's first device: its memory where JAX reports it, else
+    host RAM. (In a multi-host run every host follows the plan of process 0.)"""
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and "bytes_limit" in stats:
-        return platform, len(devices), int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
-    return platform, len(devices), _available_ram()
+        return device.platform, int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    return device.platform, _available_ram()
 
 
 def _available_ram() -> int:

@@ -112,7 +112,7 @@ def _plan(
     `precedent`'s sampling where the budget calls for sampling."""
     graph = model.graph
     cost = plan.model_cost(graph)
-    platform, _, free = plan.free_memory()
+    platform, free = plan.free_memory()
     passes = plan.budget(cost, settings.memory_budget, platform, free, workers())
     overhead = visualisation.free_visualiser(settings, model.input_shape)
     throughput = plan.measure_throughput(engine.logits, model.variables, model.input_shape, cost, passes, overhead)
