@@ -176,8 +176,9 @@ def _join_hosts(args: argparse.Namespace) -> bool:
     from reportgen import distributed
 
     explicit = (args.coordinator, args.num_processes, args.process_id)
-    if args.distributed or any(value is not None for value in explicit):
-        distributed.start(*explicit)
+    if not args.distributed and all(value is None for value in explicit):
+        return True
+    distributed.start(*explicit)
     return distributed.is_first()
 
 
