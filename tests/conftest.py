@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +51,11 @@ def nnx_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """TinyNNX saved as its pure state dict (RNG state included)."""
     model = tiny_models.TinyNNX(nnx.Rngs(0))
     return save(tmp_path_factory.mktemp("nnx") / "ckpt", nnx.to_pure_dict(nnx.state(model)))
+
+
+def cpu_devices_env(devices: int) -> dict[str, str]:
+    """The environment of a child process whose JAX runs on `devices` virtual CPU devices."""
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
 
 
 def write_png(path: Path, array: np.ndarray) -> None:

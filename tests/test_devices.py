@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import SPEC, TESTS
+from conftest import SPEC, TESTS, cpu_devices_env
 
 SCRIPT = """
 import sys
@@ -25,7 +24,7 @@ np.savez({out!r}, devices=len(jax.devices()), logits=api.predict(model, x, chunk
 
 
 def run(devices: int, checkpoint: Path, out: Path) -> dict[str, np.ndarray]:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    env = cpu_devices_env(devices)
     code = SCRIPT.format(tests=str(TESTS), spec=f"{SPEC}:TinyLinen", checkpoint=str(checkpoint), out=str(out))
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-3000:]

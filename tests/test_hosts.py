@@ -4,7 +4,6 @@ the report that one process writes alone."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import SPEC
+from conftest import SPEC, cpu_devices_env
 
 TIMEOUT = 600
 
@@ -44,10 +43,6 @@ def _command(checkpoint: Path, probe: Path, classes: Path, config: Path, out: Pa
         str(out),
         "--quiet",
     ]
-
-
-def _env(devices: int) -> dict[str, str]:
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
 
 
 def _results(folder: Path) -> dict[str, Any]:
@@ -85,7 +80,7 @@ def test_two_hosts_write_the_report_one_host_writes(
     alone = tmp_path / "alone"
     single = subprocess.run(
         _command(linen_checkpoint, tiny_probe, tiny_classes, config, alone),
-        env=_env(1),
+        env=cpu_devices_env(1),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -102,7 +97,7 @@ def test_two_hosts_write_the_report_one_host_writes(
     hosts = [
         subprocess.Popen(
             [*joined, "--num-processes", "2", "--process-id", str(i)],
-            env=_env(1),
+            env=cpu_devices_env(1),
             stdout=subprocess.DEVNULL,
             stderr=log.open("w"),
         )
@@ -126,7 +121,7 @@ def test_two_hosts_write_the_report_one_host_writes(
 
 def test_a_run_that_cannot_be_joined_is_one_line_and_status_2(tmp_path: Path) -> None:
     """No coordinator given and no cluster to detect one from."""
-    env = {k: v for k, v in _env(1).items() if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR"))}
+    env = {k: v for k, v in cpu_devices_env(1).items() if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR"))}
     out = tmp_path / "report"
     command = [sys.executable, "-m", "reportgen", "build", "--num-processes", "2", "--process-id", "0"]
     done = subprocess.run(
