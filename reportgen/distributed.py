@@ -43,7 +43,7 @@ def index() -> int:
 
 def is_first() -> bool:
     """Whether this is process 0, the one that writes the report."""
-    return jax.process_index() == 0
+    return index() == 0
 
 
 def agree(value: T) -> T:

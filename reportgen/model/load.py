@@ -29,6 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from reportgen import distributed
 from reportgen.errors import UserError
 from reportgen.model.graph import Graph, build_graph, strip_scope_root, trace
 
@@ -261,7 +262,7 @@ def restore_tree(item: Path) -> Tree:
 def _on_this_host(checkpointer: ocp.PyTreeCheckpointer, item: Path) -> ocp.args.PyTreeRestore | None:
     """In a multi-host run, arguments that restore every array whole onto this host's first
     device (orbax otherwise asks for a sharding of each array across the hosts); None elsewhere."""
-    if jax.process_count() == 1:
+    if distributed.processes() == 1:
         return None
     saved = checkpointer.metadata(item.resolve()).item_metadata.tree
     here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
